@@ -1,0 +1,19 @@
+"""lirpa_reweight: bound-based re-weighting and per-example auto-tuned eps for certified training.
+
+Importing the package first patches auto_LiRPA for current PyTorch (see ``compat``).
+"""
+from . import compat
+
+compat.apply()
+
+from .bounds import METHODS, BoundedClassifier, CertifiedBatch, bound_margin, worst_case_logits  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "BoundedClassifier",
+    "CertifiedBatch",
+    "bound_margin",
+    "worst_case_logits",
+]

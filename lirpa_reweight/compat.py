@@ -1,0 +1,116 @@
+"""Let auto_LiRPA (PyPI 0.3, or upstream 0.7.x) run on current PyTorch.
+
+auto_LiRPA parses models through private helpers of torch's TorchScript ONNX
+exporter, several of which moved or vanished in torch 2.x. Every patch here is
+chosen by feature detection (is the name missing? does the signature lack the
+keyword?), never by comparing version strings, so on a torch/auto_LiRPA pair
+where nothing is broken, :func:`apply` changes nothing. Applying it twice is
+harmless: each patch first checks whether its target already works.
+
+``import lirpa_reweight`` calls :func:`apply` before anything imports auto_LiRPA.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+
+import torch
+
+#: Names of the patches that :func:`apply` actually installed in this process.
+APPLIED: list[str] = []
+
+
+def _torchscript_exporter_module(name: str):
+    """The torch >= 2.9 home of the old ``torch.onnx.<name>`` private helpers, or None."""
+    try:
+        return importlib.import_module(f"torch.onnx._internal.torchscript_exporter.{name}")
+    except ImportError:
+        return None
+
+
+def _patch_optimize_graph() -> None:
+    import torch.onnx.utils as onnx_utils
+
+    if hasattr(onnx_utils, "_optimize_graph"):
+        return
+    # torch 2.9 moved _optimize_graph from torch.onnx.utils into torch.onnx._internal.torchscript_exporter.utils.
+    onnx_utils._optimize_graph = _torchscript_exporter_module("utils")._optimize_graph
+    APPLIED.append("torch.onnx.utils._optimize_graph")
+
+
+def _patch_set_opset_version() -> None:
+    import torch.onnx.symbolic_helper as helper
+
+    if hasattr(helper, "_set_opset_version"):
+        return
+    # torch 2.9 dropped symbolic_helper._set_opset_version; the opset now lives on the exporter's GLOBALS object.
+    globals_module = _torchscript_exporter_module("_globals")
+
+    def _set_opset_version(opset_version: int) -> None:
+        globals_module.GLOBALS.export_onnx_opset_version = opset_version
+
+    helper._set_opset_version = _set_opset_version
+    APPLIED.append("torch.onnx.symbolic_helper._set_opset_version")
+
+
+def _patch_node_get() -> None:
+    import torch.onnx.symbolic_helper as helper
+
+    if not hasattr(helper, "_node_get"):
+        # torch 2.9's backward-compat symbolic_helper re-exports only public names; upstream auto_LiRPA 0.7 imports _node_get.
+        helper._node_get = _torchscript_exporter_module("symbolic_helper")._node_get
+        APPLIED.append("torch.onnx.symbolic_helper._node_get")
+    if not hasattr(torch._C.Node, "__getitem__"):
+        # torch 2.x removed Node.__getitem__ (node["value"]); auto_LiRPA 0.3 reads attributes that way.
+        torch._C.Node.__getitem__ = helper._node_get
+        APPLIED.append("torch._C.Node.__getitem__")
+
+
+def _patch_named_members() -> None:
+    from auto_LiRPA import BoundedModule
+
+    original = BoundedModule._named_members
+    if "remove_duplicate" in inspect.signature(original).parameters:
+        return
+
+    # torch 2.0 added the remove_duplicate keyword to Module._named_members, which
+    # named_parameters() now passes; auto_LiRPA 0.3 overrides the method without it.
+    @functools.wraps(original)
+    def _named_members(self, get_members_fn, prefix="", recurse=True, remove_duplicate=True):
+        return original(self, get_members_fn, prefix=prefix, recurse=recurse)
+
+    BoundedModule._named_members = _named_members
+    APPLIED.append("auto_LiRPA.BoundedModule._named_members")
+
+
+def _patch_dropout_ratio() -> None:
+    from auto_LiRPA.operators import BoundDropout
+
+    if "ratio.device" not in inspect.getsource(BoundDropout.forward):
+        return
+    original = BoundDropout.__init__
+
+    # Upstream 0.7 calls self.ratio.device, but torch 2.9+'s exporter hands a static ratio over as a Python float.
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if isinstance(self.ratio, float):
+            self.ratio = torch.tensor(self.ratio)
+
+    BoundDropout.__init__ = __init__
+    APPLIED.append("auto_LiRPA.operators.BoundDropout.ratio")
+
+
+@functools.lru_cache(maxsize=None)
+def apply() -> tuple[str, ...]:
+    """Install every needed patch once; return the names of those installed."""
+    _patch_optimize_graph()
+    _patch_set_opset_version()
+    _patch_node_get()
+    # The torch-side patches must exist before auto_LiRPA's modules are first
+    # imported (parse_graph imports the helpers by name); the class patches below
+    # need auto_LiRPA imported.
+    _patch_named_members()
+    _patch_dropout_ratio()
+    return tuple(APPLIED)
