@@ -21,6 +21,16 @@ import torch
 APPLIED: list[str] = []
 
 
+def _is_ours(function) -> bool:
+    """Our wrappers keep the original's signature and source (functools.wraps), so mark them explicitly."""
+    return getattr(function, "__lirpa_reweight_patch__", False)
+
+
+def _mark(function):
+    function.__lirpa_reweight_patch__ = True
+    return function
+
+
 def _torchscript_exporter_module(name: str):
     """The torch >= 2.9 home of the old ``torch.onnx.<name>`` private helpers, or None."""
     try:
@@ -71,7 +81,7 @@ def _patch_named_members() -> None:
     from auto_LiRPA import BoundedModule
 
     original = BoundedModule._named_members
-    if "remove_duplicate" in inspect.signature(original).parameters:
+    if _is_ours(original) or "remove_duplicate" in inspect.signature(original).parameters:
         return
 
     # torch 2.0 added the remove_duplicate keyword to Module._named_members, which
@@ -80,14 +90,14 @@ def _patch_named_members() -> None:
     def _named_members(self, get_members_fn, prefix="", recurse=True, remove_duplicate=True):
         return original(self, get_members_fn, prefix=prefix, recurse=recurse)
 
-    BoundedModule._named_members = _named_members
+    BoundedModule._named_members = _mark(_named_members)
     APPLIED.append("auto_LiRPA.BoundedModule._named_members")
 
 
 def _patch_dropout_ratio() -> None:
     from auto_LiRPA.operators import BoundDropout
 
-    if "ratio.device" not in inspect.getsource(BoundDropout.forward):
+    if _is_ours(BoundDropout.__init__) or "ratio.device" not in inspect.getsource(BoundDropout.forward):
         return
     original = BoundDropout.__init__
 
@@ -98,8 +108,25 @@ def _patch_dropout_ratio() -> None:
         if isinstance(self.ratio, float):
             self.ratio = torch.tensor(self.ratio)
 
-    BoundDropout.__init__ = __init__
+    BoundDropout.__init__ = _mark(__init__)
     APPLIED.append("auto_LiRPA.operators.BoundDropout.ratio")
+
+
+def _patch_average_pool_backward() -> None:
+    from auto_LiRPA.operators import BoundAveragePool
+
+    original = BoundAveragePool.bound_backward
+    if _is_ours(original) or "last_A.view(" not in inspect.getsource(original):
+        return
+
+    # Full CROWN hands AveragePool an expanded (non-contiguous) identity spec, which torch 2.x refuses to .view().
+    @functools.wraps(original)
+    def bound_backward(self, last_lA, last_uA, *args, **kwargs):
+        last_lA, last_uA = (a.contiguous() if isinstance(a, torch.Tensor) else a for a in (last_lA, last_uA))
+        return original(self, last_lA, last_uA, *args, **kwargs)
+
+    BoundAveragePool.bound_backward = _mark(bound_backward)
+    APPLIED.append("auto_LiRPA.operators.BoundAveragePool.bound_backward")
 
 
 @functools.lru_cache(maxsize=None)
@@ -113,4 +140,5 @@ def apply() -> tuple[str, ...]:
     # need auto_LiRPA imported.
     _patch_named_members()
     _patch_dropout_ratio()
+    _patch_average_pool_backward()
     return tuple(APPLIED)

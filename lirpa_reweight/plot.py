@@ -1,0 +1,259 @@
+"""Pictures of finished runs: ``python -m lirpa_reweight.plot {margins,training,eps} RUN_DIR [RUN_DIR ...]``.
+
+- ``margins``: the paper's Figure 3, the distribution of test-set eq. 6 margins at the run's eps_eval, bounded
+  with the run's training method (or ``--method``), several runs overlaid.
+- ``training``: clean and verified error (train and validation), eps_base and mean offset per epoch.
+- ``eps``: the per-example training radii at the end of training, ``max(eps_base - offset, 0)``.
+
+The figure goes to ``RUN_DIR/<kind>.png`` (the first RUN_DIR for ``margins``) unless ``--output`` says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, and none is touched
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import torch  # noqa: E402
+
+from . import checkpoint, recipe  # noqa: E402
+from .bounds import bound_margin  # noqa: E402
+from .summarize import run_setting, setting_label  # noqa: E402
+
+KINDS = ("margins", "training", "eps")
+
+
+class NotARunError(ValueError):
+    """A directory lacks the file a plot needs; the message names the directory and the file."""
+
+
+# --- reading a run ---------------------------------------------------------------------------------------------
+
+def _need_dir(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise NotARunError(f"{run_dir} is not a directory; expected a run directory written by lirpa_reweight.train")
+    return run_dir
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The per-epoch records of ``metrics.jsonl``, in epoch order; a torn last line is skipped."""
+    path = _need_dir(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise NotARunError(f"{run_dir} is not a training run: expected {path.name} (per-epoch metrics written by "
+                           "lirpa_reweight.train)")
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "epoch" in record:
+            records.append(record)
+    if not records:
+        raise NotARunError(f"{path} holds no epoch yet: the run has not finished an epoch")
+    return sorted(records, key=lambda record: record["epoch"])
+
+
+def run_checkpoint(run_dir, prefer: Sequence[str] = ("best.pt", "last.pt")) -> Path:
+    """The first of ``prefer`` that exists in ``run_dir``."""
+    run_dir = _need_dir(run_dir)
+    for name in prefer:
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise NotARunError(f"{run_dir} is not a training run with a checkpoint: expected {' or '.join(prefer)}")
+
+
+def run_label(run_dir) -> str:
+    """A label: the run's setting (overrides other than the seed), and its seed."""
+    setting, seed = run_setting(Path(run_dir))
+    return setting_label(setting) + (f" seed={seed}" if seed is not None else "")
+
+
+def legend_labels(run_dirs: Sequence) -> tuple[list[str], str]:
+    """Labels naming only what differs between the runs, and the part they share (for the title)."""
+    settings = []
+    for run_dir in run_dirs:
+        setting, seed = run_setting(Path(run_dir))
+        settings.append({**setting, "seed": "?" if seed is None else str(seed)})
+    keys = list(dict.fromkeys(key for setting in settings for key in setting))
+    shared = {k: settings[0][k] for k in keys if len({s.get(k) for s in settings}) == 1} if len(settings) > 1 else {}
+    labels = [" ".join(f"{k}={v}" for k, v in s.items() if k not in shared) or "(defaults)" for s in settings]
+    if len(set(labels)) < len(labels):  # the same setting and seed twice (two sweeps): tell them apart by path
+        labels = [f"{label} ({run_dir})" for label, run_dir in zip(labels, run_dirs)]
+    return labels, " ".join(f"{k}={v}" for k, v in shared.items())
+
+
+def final_training_eps(run_dir) -> tuple[np.ndarray, float, float]:
+    """Per-example training radii at the end of training, ``max(eps_base - offset, 0)``, from ``last.pt``.
+
+    Returns ``(eps, eps_base, maxoff)``. Only the examples training visits (the first ``data.num_train``)
+    are returned: the offsets of the others are never updated.
+    """
+    path = run_checkpoint(run_dir, prefer=("last.pt",))
+    state = checkpoint.load(path)
+    autoeps = state.get("autoeps")
+    if not isinstance(autoeps, dict) or "offsets" not in autoeps:
+        raise NotARunError(f"{path} holds no auto-eps state (expected an 'autoeps' entry with 'offsets', as "
+                           "AutoEpsScheduler.state_dict() writes)")
+    eps_base = autoeps.get("base", {}).get("eps")
+    if not isinstance(eps_base, (int, float)):
+        eps_base = read_metrics(run_dir)[-1]["eps_base"]
+    offsets = torch.as_tensor(autoeps["offsets"]).double().flatten()
+    num_train = ((state.get("config") or {}).get("data") or {}).get("num_train")
+    if isinstance(num_train, int) and 0 < num_train < len(offsets):
+        offsets = offsets[:num_train]
+    eps = (float(eps_base) - offsets).clamp(min=0.0)
+    return eps.numpy(), float(eps_base), float(autoeps.get("maxoff", float("nan")))
+
+
+def margins_at_eps_eval(run_dir, num_test: int = 2000, method: Optional[str] = None, device=None,
+                 batch_size: Optional[int] = None) -> tuple[np.ndarray, float, str]:
+    """Eq. 6 margins of the first ``num_test`` test examples at the run's eps_eval.
+
+    Bounds come from the run's training method (``bound.method``) unless ``method`` is given; CROWN-IBP is
+    pure CROWN-IBP here (beta = 1), as at evaluation. Returns ``(margins, eps, method)``.
+    """
+    path = run_checkpoint(run_dir)
+    classifier, run_cfg = recipe.classifier_from_checkpoint(path, device=device)
+    method = method or run_cfg.bound.method
+    eps = float(run_cfg.schedule.eps_eval)
+    margins = []
+    with torch.no_grad():
+        for x, y, _ in recipe.test_loader(run_cfg, num_examples=num_test, batch_size=batch_size):
+            lb = classifier.margin_lower_bounds(x, y, eps, method=method)
+            margins.append(bound_margin(lb).cpu())
+    return torch.cat(margins).double().numpy(), eps, method
+
+
+# --- the figures -------------------------------------------------------------------------------------------------
+
+def plot_margins(run_dirs: Sequence, output, num_test: int = 2000, method: Optional[str] = None, device=None,
+                 bins: int = 50) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    edges = np.linspace(-1.0, 1.0, bins + 1)
+    labels, shared = legend_labels(run_dirs)
+    eps_seen, methods_seen = set(), set()
+    for run_dir, label in zip(run_dirs, labels):
+        margins, eps, used = margins_at_eps_eval(run_dir, num_test=num_test, method=method, device=device)
+        eps_seen.add(eps)
+        methods_seen.add(used)
+        verified = float((margins > 0).mean())
+        # An outline plus a light fill: overlapping distributions stay readable.
+        _, _, patches = ax.hist(margins, bins=edges, density=True, histtype="step", linewidth=1.5,
+                                label=textwrap.fill(f"{label}: {100 * verified:.1f}% verified (n={len(margins)})", 90))
+        ax.hist(margins, bins=edges, density=True, histtype="stepfilled", alpha=0.15, color=patches[0].get_edgecolor())
+    ax.axvline(0.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("eq. 6 margin of the worst-case logits (> 0: verified)")
+    ax.set_ylabel("density")
+    ax.set_title(f"Test margins at eps {', '.join(f'{e:g}' for e in sorted(eps_seen))} "
+                 f"({', '.join(sorted(methods_seen))} bounds)")
+    if shared:
+        fig.suptitle(textwrap.fill(shared, 100), fontsize="small")
+    # Below the axes, so that long labels never cover the histograms.
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    return _save(fig, output)
+
+
+def plot_training(run_dir, output) -> Path:
+    records = read_metrics(run_dir)
+    epochs = [r["epoch"] for r in records]
+
+    def series(key):
+        return [np.nan if r.get(key) is None else r[key] for r in records]
+
+    def percent(key):
+        return [100 * value for value in series(key)]
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    (clean_ax, verified_ax), (eps_ax, offset_ax) = axes
+    clean_ax.plot(epochs, percent("clean_error"), marker=".", label="train")
+    clean_ax.plot(epochs, percent("val_clean_error"), marker=".", label="validation")
+    clean_ax.set(title="clean error", ylabel="%")
+    verified_ax.plot(epochs, percent("verified_error"), marker=".", label="train (IBP, current eps)")
+    verified_ax.plot(epochs, percent("val_verified_error"), marker=".", label="validation (IBP, eps_eval)")
+    verified_ax.set(title="verified error", ylabel="%")
+    eps_ax.plot(epochs, series("eps_base"), marker=".")
+    eps_ax.set(title="eps_base (end of epoch)", xlabel="epoch", ylabel="eps (pixel units)")
+    offset_ax.plot(epochs, series("autoeps_mean_offset"), marker=".", label="mean offset")
+    offset_ax.plot(epochs, series("autoeps_max_offset"), marker=".", linestyle=":", label="max offset")
+    offset_ax.set(title="auto-eps offsets (end of epoch)", xlabel="epoch", ylabel="eps (pixel units)")
+    for ax in (clean_ax, verified_ax, offset_ax):
+        ax.legend(fontsize="small")
+    eps_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(textwrap.fill(run_label(run_dir), 100), fontsize="medium")
+    return _save(fig, output)
+
+
+def plot_eps(run_dir, output, bins: int = 50) -> Path:
+    eps, eps_base, maxoff = final_training_eps(run_dir)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # Bins span [eps_base - maxoff, eps_base] (the reachable radii), so runs with the same maxoff compare.
+    low = max(0.0, min(float(eps.min()), eps_base - (maxoff if np.isfinite(maxoff) else 0.0)))
+    high = max(eps_base, float(eps.max()))
+    if high - low < 1e-9:  # every radius equal (auto eps off): a narrow window around it
+        low, high = max(0.0, high - 0.01), high + 0.01
+    ax.hist(eps, bins=np.linspace(low, high, bins + 1))
+    ax.axvline(eps_base, color="black", linewidth=0.8, linestyle="--", label=f"eps_base {eps_base:g}")
+    reduced = float((eps < eps_base).mean())
+    ax.set(xlabel="per-example training eps (pixel units)", ylabel="examples",
+           title=f"Training eps at the end of training: maxoff {maxoff:g}, {100 * reduced:.1f}% of {len(eps)} "
+                 "examples below eps_base")
+    ax.legend(fontsize="small")
+    fig.suptitle(textwrap.fill(run_label(run_dir), 100), fontsize="small")
+    return _save(fig, output)
+
+
+def _save(fig, output) -> Path:
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(output, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return output
+
+
+# --- command line ------------------------------------------------------------------------------------------------
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lirpa_reweight.plot", description=__doc__.split("\n")[0])
+    parser.add_argument("kind", choices=KINDS, help="which figure")
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                        help="run directories written by lirpa_reweight.train (several only for margins)")
+    parser.add_argument("--output", type=Path, default=None, help="PNG path (default: RUN_DIR/<kind>.png)")
+    parser.add_argument("--num-test", type=int, default=2000, help="margins: test examples per run (default 2000)")
+    parser.add_argument("--method", choices=("IBP", "CROWN-IBP"), default=None,
+                        help="margins: bound method (default: each run's training method)")
+    parser.add_argument("--device", default=None, help="margins: torch device (default: CUDA when available)")
+    args = parser.parse_args(argv)
+    if args.kind != "margins" and len(args.run_dirs) > 1:
+        parser.error(f"{args.kind} takes one RUN_DIR, got {len(args.run_dirs)}")
+    if args.num_test < 1:
+        parser.error(f"--num-test must be >= 1, got {args.num_test}")
+    output = args.output or args.run_dirs[0] / f"{args.kind}.png"
+    try:
+        if args.kind == "margins":
+            written = plot_margins(args.run_dirs, output, num_test=args.num_test, method=args.method,
+                                   device=args.device)
+        elif args.kind == "training":
+            written = plot_training(args.run_dirs[0], output)
+        else:
+            written = plot_eps(args.run_dirs[0], output)
+    except (ValueError, FileNotFoundError) as error:  # NotARunError, or a checkpoint of another kind
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"written: {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

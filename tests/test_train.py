@@ -1,0 +1,89 @@
+"""End to end: the training CLI writes every output, resumes exactly, sweeps and summarises."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from lirpa_reweight import checkpoint
+from lirpa_reweight.summarize import summarize
+from lirpa_reweight.train import train
+
+TINY = [
+    "data=synthetic", "data.in_shape=[1,12,12]", "data.num_train=192", "data.num_test=64",
+    "trainer.batch_size=64", "trainer.val_examples=64", "trainer.progress=false", "trainer.epochs=2",
+    "schedule.eps_train=0.05", "schedule.eps_eval=0.03", "schedule.eps_scheduler.opt_str='start=1,length=2,mid=0.4'",
+    "eval.methods=[IBP,CROWN-IBP]", "eval.pgd_steps=3", "reweight=on", "autoeps=on",
+]
+
+
+def run_cli(args, cwd, timeout=600):
+    result = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def tiny_cfg(run_dir, *extra):
+    with initialize_config_module(config_module="lirpa_reweight.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*TINY, f"run_dir={run_dir}", *extra])
+    return cfg
+
+
+def test_cli_run_writes_every_output(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli(["lirpa_reweight.train", *TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "final.json"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for key in ("loss", "clean_error", "verified_error", "eps_base", "mean_weight", "autoeps_mean_offset", "seconds"):
+        assert key in metrics[0], key
+    final = json.loads((run_dir / "final.json").read_text())
+    assert 0.0 <= final["verified_error"] <= 1.0 and 0.0 <= final["clean_error"] <= 1.0
+    assert set(final["verified_error_by_method"]) == {"IBP", "CROWN-IBP"}
+    # Any-method verification can only be as good as the best single method.
+    assert final["verified_error"] <= min(final["verified_error_by_method"].values()) + 1e-9
+    state = checkpoint.load(run_dir / "last.pt")
+    assert state["epoch"] == 2 and state["autoeps"]["offsets"].shape == (192,)
+
+
+def test_resume_after_interruption_equals_the_uninterrupted_run(tmp_path):
+    straight = train(tiny_cfg(tmp_path / "straight"))
+    interrupted = train(tiny_cfg(tmp_path / "resumed", "trainer.stop_after_epochs=1"))
+    assert interrupted == {"stopped_at_epoch": 1}
+    assert not (tmp_path / "resumed" / "final.json").exists()
+    resumed = train(tiny_cfg(tmp_path / "resumed", "trainer.resume=true"))
+
+    def without_time(result):
+        return {k: v for k, v in result.items() if k != "seconds"}
+
+    assert without_time(resumed) == without_time(straight)
+    a, b = (checkpoint.load(tmp_path / d / "last.pt") for d in ("straight", "resumed"))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["autoeps"]["offsets"], b["autoeps"]["offsets"])
+    lines = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
+              for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("straight", "resumed")]
+    assert lines[0] == lines[1]
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+    train(tiny_cfg(tmp_path, "trainer.stop_after_epochs=1"))
+    with pytest.raises(ValueError, match="model.name='cnn_4layer'.*model.name='dm_small'"):
+        train(tiny_cfg(tmp_path, "trainer.resume=true", "model=dm_small"))
+
+
+def test_two_by_two_multirun_is_summarised(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    run_cli(["lirpa_reweight.train", "-m", *TINY, "trainer.epochs=1", "reweight.gamma=0,5", "seed=0,1",
+             f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, timeout=900)
+    rows, incomplete = summarize(sweep_dir)
+    assert not incomplete
+    assert sum(len(row.seeds) for row in rows) == 4
+    assert sorted(row.setting.get("reweight.gamma") for row in rows) == ["0", "5"]
+    assert all(sorted(row.seeds) == [0, 1] for row in rows)
+    result = run_cli(["lirpa_reweight.summarize", str(sweep_dir)], cwd=tmp_path)
+    assert "best" in result.stdout and (sweep_dir / "summary.md").is_file() and (sweep_dir / "summary.csv").is_file()
