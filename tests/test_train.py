@@ -49,6 +49,15 @@ def test_cli_run_writes_every_output(tmp_path):
     state = checkpoint.load(run_dir / "last.pt")
     assert state["epoch"] == 2 and state["autoeps"]["offsets"].shape == (192,)
 
+    # Re-evaluating the saved final weights reproduces the run's own IBP verification.
+    report = tmp_path / "eval.json"
+    run_cli(["lirpa_reweight.evaluate", f"checkpoint={run_dir / 'last.pt'}", "methods=[IBP]", "pgd_steps=0",
+             f"output={report}"], cwd=tmp_path)
+    again = json.loads(report.read_text())
+    assert again["eps"] == pytest.approx(0.03) and again["num_examples"] == 64
+    assert again["verified_error_by_method"]["IBP"] == final["verified_error_by_method"]["IBP"]
+    assert again["clean_error"] == final["clean_error"]
+
 
 def test_resume_after_interruption_equals_the_uninterrupted_run(tmp_path):
     straight = train(tiny_cfg(tmp_path / "straight"))
@@ -68,6 +77,14 @@ def test_resume_after_interruption_equals_the_uninterrupted_run(tmp_path):
     lines = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
               for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("straight", "resumed")]
     assert lines[0] == lines[1]
+
+
+def test_evaluate_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    checkpoint.save_atomically({"weights": torch.zeros(1)}, bogus)
+    result = subprocess.run([sys.executable, "-m", "lirpa_reweight.evaluate", f"checkpoint={bogus}"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "not a lirpa_reweight checkpoint" in result.stderr
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):

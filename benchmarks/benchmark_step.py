@@ -1,0 +1,444 @@
+#!/usr/bin/env python
+"""What one certified-training step costs: plain vs IBP / CROWN-IBP, with and without the hooks,
+through BoundedClassifier and as a bare auto_LiRPA loop.
+
+    python benchmarks/benchmark_step.py [--recipe mnist|cifar|both] [--batch-size N] [--repeats R]
+        [--warmup W] [--device cpu|cuda] [--threads T] [--model NAME] [--input-size S] [--markdown]
+        [--json PATH]
+
+Every variant trains the same model (one set of weights, one Adam optimizer, shared by all variants) on
+the same fixed random batch (pixels uniform in [0, 1], labels uniform, fixed seed), one full step each
+time: forward, bounds, loss, backward, optimizer step. Variants run round-robin, the starting variant
+rotating every round, so that drift (other processes, CPU clocks) hits all of them alike; the first
+``--warmup`` rounds are not recorded.
+
+Variants:
+  plain                     cross-entropy of the clean logits (the model called directly);
+  IBP / CROWN-IBP           ``BoundedClassifier.certify`` at a fixed eps, loss
+                            ``kappa * CE(clean) + (1 - kappa) * mean robust CE`` (kappa 0.5; CROWN-IBP
+                            mixes its bounds with IBP's by beta 0.5);
+  ... + hooks               the same with both tactics on: ``AutoEpsScheduler.eps/update`` around an
+                            auto_LiRPA ``FixedScheduler`` and ``WeightedRobustLoss(gamma=5, alpha=0.1)``;
+  ... bare auto_LiRPA       the same step written as auto_LiRPA's examples/vision/simple_training.py
+                            writes it: BoundedModule on the model, normalisation outside, C matrix,
+                            ``compute_bounds(IBP=True, method=None)`` (+ the backward call for CROWN-IBP).
+
+Peak memory is the memory one step needs on top of what is already resident (weights, gradients,
+optimizer state), measured on one extra step per variant after the timing:
+  cuda: ``torch.cuda.max_memory_allocated()`` minus ``memory_allocated()`` at the step's start;
+  cpu:  the peak resident set size (VmHWM, reset through /proc/self/clear_refs) minus the resident size at
+        the step's start, with glibc told to hand blocks of 64 KiB or more back to the OS when freed, so
+        that the resident size follows the live tensors. Linux/glibc only; elsewhere it reads "n/a".
+  Each variant is probed twice and the lesser value kept (the first call also pays one-time allocations).
+        Because that malloc setting slows allocation, all timing runs before any memory probe.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gc
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn import CrossEntropyLoss
+
+import lirpa_reweight  # noqa: F401  (patches auto_LiRPA for torch 2.x; must come before auto_LiRPA)
+from lirpa_reweight import AutoEpsScheduler, BoundedClassifier, WeightedRobustLoss
+from lirpa_reweight.data import DATASETS
+from lirpa_reweight.models import build_model
+from lirpa_reweight.reweight import robust_cross_entropy
+
+from auto_LiRPA import BoundedModule, BoundedTensor  # noqa: E402
+from auto_LiRPA.eps_scheduler import FixedScheduler  # noqa: E402
+from auto_LiRPA.perturbations import PerturbationLpNorm  # noqa: E402
+
+KAPPA = 0.5  # clean-loss weight at the end of the recipes' kappa ramp
+BETA = 0.5  # CROWN-IBP / IBP bound mixing, mid-ramp
+GAMMA, ALPHA = 5.0, 0.1  # the paper's re-weighting (Table 2)
+TRAIN_SET_SIZES = {"mnist": 60000, "cifar10": 50000}  # AutoEpsScheduler keeps one offset per example
+
+# Which packaged recipe each --recipe name stands for, and the overrides that switch its hooks on
+# (mnist_quick trains with them off; their "on" values are what the hooks variants need).
+RECIPE_PRESETS = {"mnist": ("mnist_quick", ["reweight=on", "autoeps=on"]), "cifar": ("cifar_ibp", [])}
+# The CIFAR recipe's batch (1024) and model (DM-large) are far too big for a CPU step; 32 is a batch
+# a CPU finishes in seconds. On CUDA, 256 is the paper's memory-bound CROWN-IBP batch (cifar_crownibp).
+DEFAULT_BATCH = {("mnist", "cpu"): None, ("mnist", "cuda"): None, ("cifar", "cpu"): 32, ("cifar", "cuda"): 256}
+
+VARIANTS = ("plain", "IBP bare auto_LiRPA", "IBP", "IBP + hooks",
+            "CROWN-IBP bare auto_LiRPA", "CROWN-IBP", "CROWN-IBP + hooks")
+
+
+@dataclass
+class Recipe:
+    """What the benchmark takes from one packaged recipe."""
+
+    key: str
+    experiment: str
+    model: str
+    dataset: str
+    batch_size: int
+    eps: float
+    maxoff: float
+
+
+def load_recipe(key: str) -> Recipe:
+    """Model, data set, batch, eps_train and maxoff of the recipe behind ``--recipe key``, from conf/."""
+    from hydra import compose, initialize_config_module
+
+    experiment, overrides = RECIPE_PRESETS[key]
+    with initialize_config_module(config_module="lirpa_reweight.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"+experiment={experiment}", *overrides])
+    return Recipe(key=key, experiment=experiment, model=str(cfg.model.name), dataset=str(cfg.data.name),
+                  batch_size=int(cfg.trainer.batch_size), eps=float(cfg.schedule.eps_train),
+                  maxoff=float(cfg.autoeps.maxoff))
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+@dataclass
+class Setup:
+    """One recipe's model, batch and the seven step functions, ready to run."""
+
+    recipe: Recipe
+    in_shape: tuple
+    batch_size: int
+    device: torch.device
+    steps: dict = field(default_factory=dict)  # variant name -> zero-argument step function
+
+
+def build_setup(recipe: Recipe, batch_size: int, device: torch.device, seed: int,
+                in_size: Optional[int] = None) -> Setup:
+    info = DATASETS[recipe.dataset]
+    in_shape = tuple(info.in_shape) if in_size is None else (info.in_shape[0], in_size, in_size)
+    num_classes = info.num_classes
+    torch.manual_seed(seed)
+    model = build_model(recipe.model, in_shape, num_classes).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand((batch_size,) + in_shape, generator=generator).to(device)
+    y = torch.randint(num_classes, (batch_size,), generator=generator).to(device)
+    index = torch.arange(batch_size, device=device)
+    mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
+
+    # Ours and the bare loop wrap the same model: a BoundedModule holds the model's own Parameters,
+    # so one optimizer over model.parameters() trains all variants.
+    classifier = BoundedClassifier(model, torch.rand((2,) + in_shape), device=device, mean=info.mean, std=info.std)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the ONNX tracer warns about every data-dependent branch
+        bare = BoundedModule(model, torch.randn((2,) + in_shape, device=device), device=device)
+    shared = {id(p) for p in model.parameters()}
+    if not all(id(p) in shared for p in bare.parameters()):
+        raise RuntimeError("the bare BoundedModule does not share the model's parameters; the comparison would "
+                           "train two different models")
+    model.train(), classifier.train(), bare.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    criterion = WeightedRobustLoss(gamma=GAMMA, alpha=ALPHA)
+    autoeps = AutoEpsScheduler(FixedScheduler(recipe.eps), TRAIN_SET_SIZES[recipe.dataset], recipe.maxoff,
+                               device=device)
+    autoeps.train()
+
+    def finish(loss):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def plain():
+        logits = model((x - mean) / std)
+        finish(F.cross_entropy(logits, y))
+
+    def ours(method):
+        beta = BETA if method == "CROWN-IBP" else None
+
+        def step():
+            logits, lb = classifier.certify(x, y, recipe.eps, method, beta)
+            finish(KAPPA * F.cross_entropy(logits, y) + (1 - KAPPA) * robust_cross_entropy(lb).mean())
+        return step
+
+    def ours_with_hooks(method):
+        beta = BETA if method == "CROWN-IBP" else None
+
+        def step():
+            eps = autoeps.eps(index)
+            logits, lb = classifier.certify(x, y, eps, method, beta)
+            loss = criterion(lb, logits, y, kappa=KAPPA)
+            autoeps.update(index, criterion.last_margins)
+            finish(loss)
+        return step
+
+    def bare_auto_lirpa(method):
+        # As auto_LiRPA's examples/vision/simple_training.py writes one step (its loader normalises;
+        # here that normalisation is part of the step, as it is in ours).
+        eye = torch.eye(num_classes, device=device)
+        data_max, data_min = (1.0 - mean) / std, (0.0 - mean) / std
+
+        def step():
+            data = (x - mean) / std
+            c = eye[y].unsqueeze(1) - eye.unsqueeze(0)
+            keep = ~(y.unsqueeze(1) == torch.arange(num_classes, device=device).unsqueeze(0))
+            c = c[keep].view(data.size(0), num_classes - 1, num_classes)
+            data_ub = torch.min(data + recipe.eps / std, data_max)
+            data_lb = torch.max(data - recipe.eps / std, data_min)
+            ptb = PerturbationLpNorm(norm=float("inf"), eps=recipe.eps, x_L=data_lb, x_U=data_ub)
+            output = bare(BoundedTensor(data, ptb))
+            regular_ce = CrossEntropyLoss()(output, y)
+            if method == "IBP":
+                lb, _ = bare.compute_bounds(IBP=True, C=c, method=None)
+            else:
+                ilb, _ = bare.compute_bounds(IBP=True, C=c, method=None)
+                clb, _ = bare.compute_bounds(IBP=False, C=c, method="backward", bound_upper=False)
+                lb = clb * BETA + ilb * (1 - BETA)
+            lb_padded = torch.cat((torch.zeros(size=(lb.size(0), 1), dtype=lb.dtype, device=lb.device), lb), dim=1)
+            fake_labels = torch.zeros(size=(lb.size(0),), dtype=torch.int64, device=lb.device)
+            robust_ce = CrossEntropyLoss()(-lb_padded, fake_labels)
+            finish(KAPPA * regular_ce + (1 - KAPPA) * robust_ce)
+        return step
+
+    steps = {"plain": plain}
+    for method in ("IBP", "CROWN-IBP"):
+        steps[f"{method} bare auto_LiRPA"] = bare_auto_lirpa(method)
+        steps[method] = ours(method)
+        steps[f"{method} + hooks"] = ours_with_hooks(method)
+    assert tuple(steps) == VARIANTS
+    return Setup(recipe, in_shape, batch_size, device, steps)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_round_robin(setup: Setup, repeats: int, warmup: int) -> dict:
+    """Seconds per step of every variant, ``repeats`` values each, round ``r`` starting at variant ``r mod n``."""
+    names = list(setup.steps)
+    times = {name: [] for name in names}
+    for round_ in range(warmup + repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            _sync(setup.device)
+            started = time.perf_counter()
+            setup.steps[name]()
+            _sync(setup.device)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return times
+
+
+class CpuStepMemory:
+    """Peak resident memory a step adds, on Linux with glibc (see the module docstring)."""
+
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+    def __init__(self):
+        self.libc = None
+        path = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(path)
+            Path("/proc/self/clear_refs").write_text("5")
+            self._status("VmHWM")
+            libc.malloc_trim  # noqa: B018 (glibc only)
+        except (OSError, AttributeError, TypeError, KeyError):
+            return
+        # Freed blocks >= 64 KiB go back to the OS at once, so resident size tracks live tensors.
+        libc.mallopt(self.M_MMAP_THRESHOLD, 64 * 1024)
+        libc.mallopt(self.M_TRIM_THRESHOLD, 128 * 1024)
+        self.libc = libc
+
+    @staticmethod
+    def _status(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+        raise KeyError(key)
+
+    def __call__(self, step: Callable[[], None]) -> Optional[int]:
+        if self.libc is None:
+            return None
+        gc.collect()
+        self.libc.malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        before = self._status("VmRSS")
+        step()
+        return max(self._status("VmHWM") - before, 0)
+
+
+def cuda_step_memory(device: torch.device) -> Callable[[Callable[[], None]], int]:
+    def measure(step):
+        gc.collect()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    return measure
+
+
+MEMORY_MEANING = {
+    "cpu": "peak resident memory one step adds on top of weights and optimizer state (VmHWM - VmRSS at the "
+           "step's start, glibc returning freed blocks >= 64 KiB to the OS)",
+    "cuda": "torch.cuda.max_memory_allocated() during one step minus memory_allocated() at its start",
+}
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    q1, median, q3 = np.percentile(np.asarray(values, dtype=float), [25, 50, 75])
+    return float(q1), float(median), float(q3)
+
+
+def paired_overhead(times: dict, slow: str, fast: str) -> tuple[float, float, float]:
+    """Median and quartiles, in %, of the per-round ratio ``slow / fast - 1`` (rounds pair the two steps)."""
+    ratios = [100.0 * (a / b - 1.0) for a, b in zip(times[slow], times[fast])]
+    q1, median, q3 = quartiles(ratios)
+    return median, q1, q3
+
+
+def summarize(setup: Setup, times: dict, memory: dict) -> dict:
+    rows = []
+    plain_median = quartiles(times["plain"])[1]
+    for name in VARIANTS:
+        q1, median, q3 = quartiles(times[name])
+        rows.append(dict(variant=name, median_ms=1e3 * median, iqr_ms=1e3 * (q3 - q1),
+                         ratio_to_plain=median / plain_median, peak_step_memory_bytes=memory.get(name)))
+    overheads = {}
+    for method in ("IBP", "CROWN-IBP"):
+        overheads[f"hooks {method}"] = paired_overhead(times, f"{method} + hooks", method)
+        overheads[f"wrapper {method}"] = paired_overhead(times, method, f"{method} bare auto_LiRPA")
+    recipe = setup.recipe
+    return dict(recipe=recipe.key, experiment=recipe.experiment, model=recipe.model, dataset=recipe.dataset,
+                in_shape=list(setup.in_shape), batch_size=setup.batch_size, eps=recipe.eps, maxoff=recipe.maxoff,
+                device=str(setup.device), threads=torch.get_num_threads(), torch=torch.__version__,
+                repeats=len(times["plain"]), rows=rows,
+                overheads_percent={k: dict(median=m, q1=a, q3=b) for k, (m, a, b) in overheads.items()},
+                memory_meaning=MEMORY_MEANING[setup.device.type])
+
+
+def _least(values) -> Optional[int]:
+    values = [v for v in values if v is not None]
+    return min(values) if values else None
+
+
+def _mib(value: Optional[int]) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.1f} MiB"
+
+
+def format_result(result: dict, markdown: bool) -> str:
+    shape = "x".join(str(s) for s in result["in_shape"])
+    lines = [f"{result['experiment']} recipe: {result['model']} on {result['dataset']} {shape}, batch "
+             f"{result['batch_size']}, eps {result['eps']:.4g}, maxoff {result['maxoff']:g}, device "
+             f"{result['device']} ({result['threads']} threads), torch {result['torch']}; median of "
+             f"{result['repeats']} interleaved steps after warm-up", ""]
+    header = ("variant", "median ms", "IQR ms", "x plain", "peak step memory")
+    cells = [(r["variant"], f"{r['median_ms']:.2f}", f"{r['iqr_ms']:.2f}", f"{r['ratio_to_plain']:.2f}",
+              _mib(r["peak_step_memory_bytes"])) for r in result["rows"]]
+    if markdown:
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in cells]
+    else:
+        widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+        lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))))
+        lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                  for row in cells]
+    over = result["overheads_percent"]
+
+    def pct(key):
+        o = over[key]
+        return f"{o['median']:+.1f}% (IQR {o['q1']:+.1f}% .. {o['q3']:+.1f}%)"
+
+    ratio = {r["variant"]: r["ratio_to_plain"] for r in result["rows"]}
+    lines += ["",
+              f"hooks overhead (ours + hooks vs ours, per-round paired): IBP {pct('hooks IBP')}, "
+              f"CROWN-IBP {pct('hooks CROWN-IBP')}",
+              f"wrapper overhead (BoundedClassifier vs bare auto_LiRPA, per-round paired): IBP {pct('wrapper IBP')}, "
+              f"CROWN-IBP {pct('wrapper CROWN-IBP')}",
+              f"IBP step / plain step: {ratio['IBP']:.2f}x (floor about 3: clean, centre and radius passes); "
+              f"CROWN-IBP step / plain step: {ratio['CROWN-IBP']:.2f}x",
+              f"peak step memory: {result['memory_meaning']}"]
+    if markdown:
+        lines = [line if not line or line.startswith("|") else line + "  " for line in lines]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", choices=("mnist", "cifar", "both"), default="both",
+                        help="mnist: the mnist_quick recipe's model; cifar: the cifar_ibp recipe's (default: both)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default: the MNIST recipe's 100; CIFAR 32 on CPU, 256 on CUDA")
+    parser.add_argument("--repeats", type=int, default=20, help="recorded rounds (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="unrecorded rounds first (default 3)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--model", default=None, help="a model of lirpa_reweight.models instead of the recipe's")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="square input side instead of the data set's (for quick checks)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "repeats", "threads", "input_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but torch sees no CUDA device")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    keys = ("mnist", "cifar") if args.recipe == "both" else (args.recipe,)
+    setups = []
+    for key in keys:
+        recipe = load_recipe(key)
+        if args.model is not None:
+            recipe.model = args.model
+        batch = args.batch_size or DEFAULT_BATCH[(key, device.type)] or recipe.batch_size
+        setups.append(build_setup(recipe, batch, device, args.seed, args.input_size))
+
+    # All timing first: the CPU memory probe changes malloc's behaviour for the rest of the process.
+    all_times = [time_round_robin(setup, args.repeats, args.warmup) for setup in setups]
+    measure = None
+    if not args.no_memory:
+        measure = cuda_step_memory(device) if device.type == "cuda" else CpuStepMemory()
+    results = []
+    for setup, times in zip(setups, all_times):
+        memory = {}
+        if measure is not None:
+            # The least of two probes: the first call in a process also pays one-time allocations.
+            memory = {name: _least(measure(step) for _ in range(2)) for name, step in setup.steps.items()}
+        result = summarize(setup, times, memory)
+        print(format_result(result, args.markdown), end="\n\n", flush=True)
+        results.append(result)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

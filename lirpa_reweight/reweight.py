@@ -1,0 +1,124 @@
+"""The paper's bound-based re-weighted loss (section 3.1, eq. 6-8), as a drop-in loss module.
+
+It takes the ``(B, C-1)`` margin lower bounds that auto_LiRPA users already compute
+with a C matrix, and returns
+
+    kappa * mean_i CE(clean_logits_i, y_i) + (1 - kappa) * sum_i w_i CE_robust_i / sum_i w_i
+
+where ``CE_robust_i`` is the cross-entropy of the worst-case logits (eq. 2: 0 for the
+true class, ``-lb`` for the others) and ``w_i = exp(-gamma |margin_i|) + alpha`` (eq. 7),
+with ``margin_i`` the eq. 6 margin of those logits. The weights carry no gradient.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bounds import bound_margin
+
+
+def _check_hyper_parameter(name: str, value) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def robust_cross_entropy(lb: torch.Tensor) -> torch.Tensor:
+    """Per-example CE of the worst-case logits, ``(B,)``.
+
+    Softmax cross-entropy does not depend on where the true class sits, so the worst-case
+    logits are laid out with the true class first: ``[0, -lb]`` with target 0. The mean of
+    this is exactly the robust loss of auto_LiRPA's training examples.
+    """
+    worst = torch.cat([lb.new_zeros(lb.shape[0], 1), -lb], dim=1)
+    return F.cross_entropy(worst, lb.new_zeros(lb.shape[0], dtype=torch.long), reduction="none")
+
+
+class WeightedRobustLoss(nn.Module):
+    """Eq. 8 of the paper: clean CE mixed with a bound-based re-weighted robust CE.
+
+    Args:
+        gamma: how sharply the weight peaks at the decision boundary (margin 0); 0 gives
+            the plain unweighted robust loss.
+        alpha: weight floor, so that examples with ``|margin|`` near 1 are not ignored.
+
+    After each call, ``last_margins`` and ``last_weights`` hold the batch's eq. 6 margins
+    and eq. 7 weights (detached, ``(B,)``); ``last_margins`` is what
+    :meth:`lirpa_reweight.autoeps.AutoEpsScheduler.update` takes.
+    ``gamma`` and ``alpha`` travel in ``state_dict()``.
+    """
+
+    def __init__(self, gamma: float = 5.0, alpha: float = 0.1):
+        super().__init__()
+        self.gamma = _check_hyper_parameter("gamma", gamma)
+        self.alpha = _check_hyper_parameter("alpha", alpha)
+        self.last_margins: Optional[torch.Tensor] = None
+        self.last_weights: Optional[torch.Tensor] = None
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, alpha={self.alpha}"
+
+    def get_extra_state(self) -> dict:
+        return {"gamma": self.gamma, "alpha": self.alpha}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.gamma = _check_hyper_parameter("gamma", state["gamma"])
+        self.alpha = _check_hyper_parameter("alpha", state["alpha"])
+
+    def weights(self, margin: torch.Tensor) -> torch.Tensor:
+        """Eq. 7: ``exp(-gamma |margin|) + alpha``."""
+        return torch.exp(-self.gamma * margin.abs()) + self.alpha
+
+    def forward(self, lb: torch.Tensor, clean_logits: Optional[torch.Tensor] = None,
+                y: Optional[torch.Tensor] = None, kappa: float = 0.0) -> torch.Tensor:
+        """The scalar loss for margin lower bounds ``lb`` ``(B, C-1)``.
+
+        ``clean_logits`` ``(B, C)`` and labels ``y`` ``(B,)`` are needed only when ``kappa > 0``.
+        """
+        kappa = self._check_inputs(lb, clean_logits, y, kappa)
+        with torch.no_grad():
+            margin = bound_margin(lb.detach())
+            weight = self.weights(margin)
+            if self.alpha > 0:
+                share = weight / weight.sum()  # the sum is at least B * alpha > 0
+            else:
+                # Same as weight / weight.sum(), but cannot underflow to 0 / 0 for a large gamma.
+                share = torch.softmax(-self.gamma * margin.abs(), dim=0)
+        self.last_margins, self.last_weights = margin, weight
+        robust = (share * robust_cross_entropy(lb)).sum()
+        if kappa == 0.0:
+            return robust
+        clean = F.cross_entropy(clean_logits, y)
+        return kappa * clean + (1.0 - kappa) * robust
+
+    @staticmethod
+    def _check_inputs(lb, clean_logits, y, kappa) -> float:
+        kappa = float(kappa)
+        if not 0.0 <= kappa <= 1.0:
+            raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
+        if not isinstance(lb, torch.Tensor) or lb.dim() != 2 or lb.shape[0] == 0 or lb.shape[1] == 0:
+            shape = tuple(lb.shape) if isinstance(lb, torch.Tensor) else type(lb).__name__
+            raise ValueError(f"lb must be a non-empty (B, C-1) tensor of margin lower bounds, got {shape}")
+        batch, num_classes = lb.shape[0], lb.shape[1] + 1
+        if kappa > 0 and (clean_logits is None or y is None):
+            raise ValueError(f"kappa = {kappa} > 0 mixes in the clean loss: give clean_logits and y")
+        if clean_logits is not None and tuple(clean_logits.shape) != (batch, num_classes):
+            raise ValueError(f"clean_logits must be ({batch}, {num_classes}) to match lb {tuple(lb.shape)}, "
+                             f"got {tuple(clean_logits.shape)}")
+        if y is not None:
+            if tuple(y.shape) != (batch,):
+                raise ValueError(f"y must be ({batch},) to match lb {tuple(lb.shape)}, got {tuple(y.shape)}")
+            if y.dtype.is_floating_point or y.dtype == torch.bool:
+                raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+        # One host sync per call, like the loss.item() of any logging loop.
+        bad = ~torch.isfinite(lb).all(dim=1)
+        if bad.any():
+            where = bad.nonzero().flatten().tolist()
+            raise ValueError(f"lb has NaN or inf in {len(where)} of {batch} examples, at batch positions "
+                             f"{where[:10]}{' ...' if len(where) > 10 else ''}")
+        return kappa
