@@ -220,12 +220,18 @@ def _sync(device: torch.device) -> None:
 
 
 def time_round_robin(setup: Setup, repeats: int, warmup: int) -> dict:
-    """Seconds per step of every variant, ``repeats`` values each, round ``r`` starting at variant ``r mod n``."""
+    """Seconds per step of every variant, ``repeats`` values each, round ``r`` starting at variant ``r mod n``.
+
+    Each timed step follows an untimed step of the same variant: the variants share one model but not their
+    bounded modules, and the first step after switching modules pays for re-allocating its buffers (measured:
+    up to +40% on the variant that always came second), which no training loop pays.
+    """
     names = list(setup.steps)
     times = {name: [] for name in names}
     for round_ in range(warmup + repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
+            setup.steps[name]()
             _sync(setup.device)
             started = time.perf_counter()
             setup.steps[name]()
