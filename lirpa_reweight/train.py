@@ -56,6 +56,7 @@ class EpochMeter:
 
     def __init__(self, device):
         self.sums = torch.zeros(6, device=device)  # loss, clean loss, robust loss, clean err, verified, weight
+        self.count = 0
 
     def add(self, loss, clean_loss, robust_loss, logits, lb, y, weights):
         batch = len(y)
@@ -63,7 +64,7 @@ class EpochMeter:
             loss.detach() * batch, clean_loss.detach() * batch, robust_loss.detach() * batch,
             (logits.detach().argmax(1) != y).sum(), (lb.detach() > 0).all(1).sum(), weights.sum(),
         ]).to(self.sums.dtype)
-        self.count = getattr(self, "count", 0) + batch
+        self.count += batch
 
     def read(self) -> dict:
         loss, clean, robust, clean_err, verified, weight = (self.sums / max(self.count, 1)).tolist()
@@ -162,7 +163,12 @@ def train(cfg: DictConfig) -> dict:
     else:
         if cfg.trainer.resume:
             log.warning("trainer.resume=true but %s does not exist: starting from scratch", last_path)
+        elif last_path.exists():
+            log.warning("%s holds a previous run: starting from scratch and overwriting it "
+                        "(trainer.resume=true continues it instead)", run_dir)
         metrics_path.write_text("")
+        for stale in ("best.pt", "final.json"):  # a previous run's results must not pass for this one's
+            (run_dir / stale).unlink(missing_ok=True)
 
     loader_generator = torch.Generator()
     autoeps.set_epoch_length(math.ceil(min(len(dataset), cfg.data.num_train or len(dataset)) / cfg.trainer.batch_size))
