@@ -79,7 +79,8 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
     meter = EpochMeter(classifier.device)
     method = cfg.bound.method
     for x, y, index in tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False):
-        x, y, index = x.to(classifier.device), y.to(classifier.device), index.to(classifier.device)
+        # index stays where the loader made it (CPU): AutoEpsScheduler checks it there without a GPU sync.
+        x, y = x.to(classifier.device, non_blocking=True), y.to(classifier.device, non_blocking=True)
         autoeps.step_batch()
         eps_base = autoeps.get_eps()
         kappa, beta = schedule_factors(cfg, eps_base)
