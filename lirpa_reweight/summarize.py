@@ -16,7 +16,7 @@ import math
 import re
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -61,6 +61,7 @@ class Row:
     verified_error_by_method: dict[str, Optional[Stat]]
     incomplete_runs: int = 0
     best: bool = False
+    verified_by_seed: dict = field(default_factory=dict)  # seed -> verified error, for paired comparisons
 
 
 @dataclass
@@ -266,7 +267,25 @@ def _row(runs: list[_Run]) -> Optional[Row]:
                clean_error=Stat.of([f["clean_error"] for f in finals]),
                verified_error=Stat.of([f["verified_error"] for f in finals]),
                pgd_error=Stat.of(pgd) if len(pgd) == len(finals) else None,
-               verified_error_by_method=by_method, incomplete_runs=len(runs) - len(done))
+               verified_error_by_method=by_method, incomplete_runs=len(runs) - len(done),
+               verified_by_seed={run.seed: run.final["verified_error"] for run in done if run.seed is not None})
+
+
+def paired_differences(rows: list[Row], baseline: dict[str, str]) -> list[Optional[Stat]]:
+    """Per row, verified error minus the baseline row's for the same seed, over the seeds both have.
+
+    A seed fixes the initial weights and the batch order, so same-seed differences isolate the
+    setting's effect from seed noise, which is often larger than the effect. None for the baseline
+    row itself and for rows that share no seed with it.
+    """
+    matches = [row for row in rows if all(row.setting.get(k) == v for k, v in baseline.items())]
+    if len(matches) != 1:
+        found = "no row" if not matches else f"{len(matches)} rows"
+        raise ValueError(f"--paired-to {setting_label(baseline)} matches {found}; it must name exactly one row")
+    reference = matches[0].verified_by_seed
+    return [None if row is matches[0] else
+            Stat.of([row.verified_by_seed[s] - reference[s] for s in row.verified_by_seed if s in reference])
+            for row in rows]
 
 
 def _ordered_methods(finals: list[dict]) -> list[str]:
@@ -310,6 +329,13 @@ def _percent(stat: Optional[Stat], total: Optional[int] = None) -> str:
     return text
 
 
+def _signed_points(stat: Optional[Stat]) -> str:
+    if stat is None:
+        return "no common seed"
+    std = "n/a" if stat.std is None else f"{100 * stat.std:.2f}"
+    return f"{100 * stat.mean:+.2f} ± {std} (n={stat.n})"
+
+
 def _split_columns(rows: list[Row]) -> tuple[list[str], dict[str, str]]:
     """Columns that vary between rows, and the settings common to every row (shown once above the table)."""
     columns = _columns(rows)
@@ -327,7 +353,8 @@ def _eps_text(row: Row) -> str:
     return ", ".join(f"{eps:g}" for eps in row.eps) or "?"
 
 
-def format_markdown(root: Path, rows: list[Row], incomplete: list[IncompleteRun], by_method: bool = False) -> str:
+def format_markdown(root: Path, rows: list[Row], incomplete: list[IncompleteRun], by_method: bool = False,
+                    paired: Optional[list[Optional[Stat]]] = None) -> str:
     columns, common = _split_columns(rows)
     methods = _ordered_methods([{"verified_error_by_method": row.verified_error_by_method} for row in rows]) \
         if by_method else []
@@ -343,14 +370,20 @@ def format_markdown(root: Path, rows: list[Row], incomplete: list[IncompleteRun]
             lines += ["", "Common to every row: " + setting_label(common)]
         header = (columns or ["setting"]) + (["eps"] if eps_column else []) + ["clean error (%)",
                                                                                 "verified error (%)"]
-        header += [f"{m} verified error (%)" for m in methods] + ["seeds", "best"]
+        header += [f"{m} verified error (%)" for m in methods]
+        header += ["verified vs baseline, same seed (points)"] if paired is not None else []
+        header += ["seeds", "best"]
         lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for row in rows:
+        for index, row in enumerate(rows):
             cells = [row.setting.get(c, "") for c in columns] if columns else [setting_label(row.setting)]
             cells += [_eps_text(row)] if eps_column else []
             verified = _percent(row.verified_error)
             cells += [_percent(row.clean_error), f"**{verified}**" if row.best else verified]
             cells += [_percent(row.verified_error_by_method.get(m), row.clean_error.n) for m in methods]
+            if paired is not None:
+                difference = paired[index]
+                cells.append("baseline" if difference is None and row.verified_by_seed else
+                             _signed_points(difference))
             cells += [str(row.clean_error.n), "**best**" if row.best else ""]
             lines.append("| " + " | ".join(cells) + " |")
         if any(row.clean_error.n == 1 for row in rows):
@@ -405,15 +438,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("dir", type=Path, help="a multirun (or outputs) directory, or one run directory")
     parser.add_argument("--by-method", action="store_true",
                         help="add a verified-error column per bound method (IBP, CROWN-IBP, CROWN)")
+    parser.add_argument("--paired-to", default=None, metavar="SETTING",
+                        help="baseline row, e.g. 'reweight=off autoeps=off': add each row's same-seed difference "
+                             "in verified error to it (mean ± std over the seeds both have)")
     parser.add_argument("--output-prefix", type=Path, default=None,
                         help="write PREFIX.md and PREFIX.csv instead of DIR/summary.md and DIR/summary.csv")
     args = parser.parse_args(argv)
     try:
         rows, incomplete = summarize(args.dir)
+        paired = None
+        if args.paired_to is not None:
+            paired = paired_differences(rows, dict(parse_override(item) for item in args.paired_to.split()))
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    text = format_markdown(args.dir, rows, incomplete, by_method=args.by_method)
+    text = format_markdown(args.dir, rows, incomplete, by_method=args.by_method, paired=paired)
     prefix = args.output_prefix if args.output_prefix is not None else args.dir / "summary"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = prefix.with_name(prefix.name + ".md"), prefix.with_name(prefix.name + ".csv")

@@ -207,3 +207,20 @@ def test_command_line(sweep, tmp_path):
     failed = subprocess.run([sys.executable, "-m", "lirpa_reweight.summarize", str(empty)], capture_output=True,
                             text=True, cwd=tmp_path)
     assert failed.returncode != 0 and f"no training runs under {empty}" in failed.stderr
+
+
+def test_paired_differences_take_the_same_seed_of_the_baseline(tmp_path):
+    """Same-seed differences: setting B minus baseline A per seed, over the seeds both finished."""
+    root = tmp_path / "tactics"
+    a = {0: 0.2329, 1: 0.1905, 2: 0.2157}
+    b = {0: 0.2176, 1: 0.1745, 3: 0.5}  # seed 2 missing, seed 3 has no baseline partner
+    for seed, verified in a.items():
+        make_run(root, f"reweight=off/seed={seed}", ["reweight=off", f"seed={seed}"], final_json(0.1, verified))
+    for seed, verified in b.items():
+        make_run(root, f"reweight=on/seed={seed}", ["reweight=on", f"seed={seed}"], final_json(0.1, verified))
+    assert main([str(root), "--paired-to", "reweight=off"]) == 0
+    text = (root / "summary.md").read_text()
+    # Seeds 0 and 1: -1.53 and -1.60 points -> mean -1.565 (prints -1.57), sample std 0.0495 (prints 0.05).
+    assert "| -1.57 ± 0.05 (n=2) | 3 |" in text
+    assert "| off |" in text and "baseline" in text
+    assert main([str(root), "--paired-to", "reweight=maybe"]) == 2
