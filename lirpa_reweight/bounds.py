@@ -54,14 +54,22 @@ def worst_case_logits(lb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.masked_scatter(others, -lb)
 
 
+def worst_case_logits_true_first(lb: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 with the true class moved to column 0: ``[0, -lb]``, ``(B, C)``.
+
+    Softmax and cross-entropy do not depend on where the true class sits, so this
+    layout serves them without the labels.
+    """
+    return torch.cat([lb.new_zeros(lb.shape[0], 1), -lb], dim=1)
+
+
 def bound_margin(lb: torch.Tensor) -> torch.Tensor:
     """The paper's eq. 6 on the worst-case logits: ``P(y) - max_{m != y} P(m)``, in ``[-1, 1]``.
 
     Positive exactly when every margin lower bound is positive, i.e. the example is
-    certified. The softmax does not depend on where the true class sits, so ``y`` is
-    not needed: the true class's worst-case logit is 0 and the others are ``-lb``.
+    certified; ``y`` is not needed (see :func:`worst_case_logits_true_first`).
     """
-    probs = torch.softmax(torch.cat([lb.new_zeros(lb.shape[0], 1), -lb], dim=1), dim=1)
+    probs = torch.softmax(worst_case_logits_true_first(lb), dim=1)
     return probs[:, 0] - probs[:, 1:].max(dim=1).values
 
 

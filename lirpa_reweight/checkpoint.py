@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Union
@@ -12,23 +13,34 @@ import torch
 PathLike = Union[str, Path]
 
 
-def save_atomically(payload: dict, path: PathLike) -> None:
-    """Write ``payload`` with torch.save to a temporary file beside ``path``, then rename it into place.
+def _write_atomically(path: PathLike, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
 
-    A crash mid-write leaves the previous checkpoint intact, never a truncated one.
+    A crash mid-write leaves the previous file intact, never a truncated one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_atomically(payload: dict, path: PathLike) -> None:
+    """torch.save ``payload`` to ``path`` atomically."""
+    _write_atomically(path, lambda file: torch.save(payload, file))
+
+
+def copy_atomically(source: PathLike, path: PathLike) -> None:
+    """Copy a checkpoint file to ``path`` atomically (no second serialisation of the same state)."""
+    with open(source, "rb") as src:
+        _write_atomically(path, lambda file: shutil.copyfileobj(src, file))
 
 
 def load(path: PathLike, map_location: Any = "cpu") -> dict:

@@ -13,10 +13,11 @@ from typing import Iterable, Optional, Sequence
 import hydra
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
+from . import recipe
 from .bounds import METHODS, BoundedClassifier
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: f
     started = time.time()
     for x, y, _ in tqdm(batches, desc=f"evaluate eps={eps:g}", disable=not progress, leave=False):
         x, y = x.to(classifier.device), y.to(classifier.device)
-        if "CROWN" in methods and "CROWN" not in skipped:
+        if "CROWN" in methods and counts["examples"] == 0:  # the model's size is known from the first batch
             units = relu_units(classifier.model, classifier.normalize(x))
             if units > crown_max_relu_units:
                 skipped["CROWN"] = (f"the model has {units} ReLU units per example, above the limit of "
@@ -136,15 +137,13 @@ def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: f
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     """Evaluate a saved run (``last.pt``/``best.pt``) on its data set's test split."""
-    from .recipe import classifier_from_checkpoint, test_loader
-
-    classifier, run_cfg = classifier_from_checkpoint(cfg.checkpoint, device=cfg.device)
+    classifier, run_cfg = recipe.classifier_from_checkpoint(cfg.checkpoint, device=cfg.device)
     eps = float(run_cfg.schedule.eps_eval if cfg.eps is None else cfg.eps)
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if cfg.data_root is not None:
         run_cfg.data.root = cfg.data_root
-    loader = test_loader(run_cfg, num_examples=cfg.num_test, batch_size=cfg.batch_size)
+    loader = recipe.test_loader(run_cfg, num_examples=cfg.num_test, batch_size=cfg.batch_size)
     result = evaluate_classifier(classifier, loader, eps, methods=list(cfg.methods), pgd_steps=cfg.pgd_steps,
                                  crown_max_relu_units=cfg.crown_max_relu_units)
     result["checkpoint"] = str(Path(cfg.checkpoint).resolve())

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bounds import bound_margin
+from .bounds import bound_margin, worst_case_logits_true_first
 
 
 def _check_hyper_parameter(name: str, value) -> float:
@@ -29,14 +29,12 @@ def _check_hyper_parameter(name: str, value) -> float:
 
 
 def robust_cross_entropy(lb: torch.Tensor) -> torch.Tensor:
-    """Per-example CE of the worst-case logits, ``(B,)``.
+    """Per-example CE of the worst-case logits, ``(B,)``: target 0 in the true-class-first layout.
 
-    Softmax cross-entropy does not depend on where the true class sits, so the worst-case
-    logits are laid out with the true class first: ``[0, -lb]`` with target 0. The mean of
-    this is exactly the robust loss of auto_LiRPA's training examples.
+    The mean of this is exactly the robust loss of auto_LiRPA's training examples.
     """
-    worst = torch.cat([lb.new_zeros(lb.shape[0], 1), -lb], dim=1)
-    return F.cross_entropy(worst, lb.new_zeros(lb.shape[0], dtype=torch.long), reduction="none")
+    return F.cross_entropy(worst_case_logits_true_first(lb), lb.new_zeros(lb.shape[0], dtype=torch.long),
+                           reduction="none")
 
 
 class WeightedRobustLoss(nn.Module):
@@ -47,8 +45,8 @@ class WeightedRobustLoss(nn.Module):
             the plain unweighted robust loss.
         alpha: weight floor, so that examples with ``|margin|`` near 1 are not ignored.
 
-    After each call, ``last_margins`` and ``last_weights`` hold the batch's eq. 6 margins
-    and eq. 7 weights (detached, ``(B,)``); ``last_margins`` is what
+    After each call, ``last_margins``, ``last_weights`` and ``last_robust_losses`` hold the
+    batch's eq. 6 margins, eq. 7 weights and unweighted robust CE (detached, ``(B,)``); ``last_margins`` is what
     :meth:`lirpa_reweight.autoeps.AutoEpsScheduler.update` takes.
     ``gamma`` and ``alpha`` travel in ``state_dict()``.
     """
@@ -59,6 +57,7 @@ class WeightedRobustLoss(nn.Module):
         self.alpha = _check_hyper_parameter("alpha", alpha)
         self.last_margins: Optional[torch.Tensor] = None
         self.last_weights: Optional[torch.Tensor] = None
+        self.last_robust_losses: Optional[torch.Tensor] = None
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, alpha={self.alpha}"
@@ -89,8 +88,9 @@ class WeightedRobustLoss(nn.Module):
             else:
                 # Same as weight / weight.sum(), but cannot underflow to 0 / 0 for a large gamma.
                 share = torch.softmax(-self.gamma * margin.abs(), dim=0)
-        self.last_margins, self.last_weights = margin, weight
-        robust = (share * robust_cross_entropy(lb)).sum()
+        robust_losses = robust_cross_entropy(lb)
+        self.last_margins, self.last_weights, self.last_robust_losses = margin, weight, robust_losses.detach()
+        robust = (share * robust_losses).sum()
         if kappa == 0.0:
             return robust
         clean = F.cross_entropy(clean_logits, y)

@@ -21,7 +21,6 @@ from tqdm import tqdm
 from . import checkpoint, recipe
 from .bounds import resolve_device
 from .evaluate import evaluate_classifier
-from .reweight import robust_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +92,8 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
         optimizer.step()
         with torch.no_grad():
             clean_loss = torch.nn.functional.cross_entropy(logits, y)
-            robust_loss = robust_cross_entropy(lb).mean()  # unweighted, comparable across gamma
-        meter.add(loss, clean_loss, robust_loss, logits, lb, y, criterion.last_weights)
+        # The unweighted robust CE is logged: it stays comparable across gamma.
+        meter.add(loss, clean_loss, criterion.last_robust_losses.mean(), logits, lb, y, criterion.last_weights)
     stats = meter.read()
     stats.update(eps_base=autoeps.get_eps(), kappa=kappa, beta=beta if method == "CROWN-IBP" else None,
                  **{f"autoeps_{k}": v for k, v in autoeps.stats().items()})
@@ -146,7 +145,7 @@ def train(cfg: DictConfig) -> dict:
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
     start_epoch, best = 1, {"epoch": None, "val_verified_error": math.inf}
-    last_path, metrics_path = run_dir / "last.pt", run_dir / "metrics.jsonl"
+    last_path, best_path, metrics_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
     if cfg.trainer.resume and last_path.exists():
         state = checkpoint.load(last_path, map_location=device)
         _check_resumable(state, cfg, info, last_path)
@@ -172,7 +171,7 @@ def train(cfg: DictConfig) -> dict:
             (run_dir / stale).unlink(missing_ok=True)
 
     loader_generator = torch.Generator()
-    autoeps.set_epoch_length(math.ceil(min(len(dataset), cfg.data.num_train or len(dataset)) / cfg.trainer.batch_size))
+    autoeps.set_epoch_length(len(recipe.train_loader(cfg, dataset, loader_generator)))
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch)
     for epoch in range(start_epoch, cfg.trainer.epochs + 1):
         started = time.time()
@@ -196,21 +195,25 @@ def train(cfg: DictConfig) -> dict:
                  stats["loss"], stats["clean_error"], stats["eps_base"], stats["verified_error"], stats["eps_base"],
                  stats["mean_weight"], stats["autoeps_mean_offset"], val["verified_error"], record["seconds"])
         # "Best" only once eps_train is reached: earlier epochs certify a smaller radius trivially well.
-        if autoeps.reached_max_eps() and val["verified_error"] <= best["val_verified_error"]:
+        is_best = autoeps.reached_max_eps() and val["verified_error"] <= best["val_verified_error"]
+        if is_best:
             best = {"epoch": epoch, "val_verified_error": val["verified_error"]}
-            save_run_state(run_dir / "best.pt", cfg, epoch, classifier, optimizer, lr_scheduler, criterion,
-                           autoeps, info, best)
-        if epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs:
+        is_checkpoint = epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs
+        if is_checkpoint:
             save_run_state(last_path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best)
+        if is_best and is_checkpoint:
+            checkpoint.copy_atomically(last_path, best_path)
+        elif is_best:
+            save_run_state(best_path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best)
         if cfg.trainer.stop_after_epochs is not None and epoch >= cfg.trainer.stop_after_epochs:
             log.info("stopping after epoch %d as trainer.stop_after_epochs asks; resume with trainer.resume=true",
                      epoch)
             writer.close()
             return {"stopped_at_epoch": epoch}
     writer.close()
-    if not (run_dir / "best.pt").exists() and last_path.exists():
+    if not best_path.exists() and last_path.exists():
         # eps_train never reached (a short run): the last epoch is the best we have.
-        (run_dir / "best.pt").write_bytes(last_path.read_bytes())
+        checkpoint.copy_atomically(last_path, best_path)
 
     log.info("final evaluation at eps %g on the test set", cfg.schedule.eps_eval)
     final = evaluate_classifier(classifier, recipe.test_loader(cfg), cfg.schedule.eps_eval,
