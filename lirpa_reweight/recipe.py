@@ -12,38 +12,23 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
-from . import checkpoint
+from . import checkpoint, config_checks
 from .autoeps import AutoEpsScheduler
-from .bounds import METHODS, BoundedClassifier, resolve_device
-from .data import DATASETS, build_dataset
-from .models import MODELS, build_model
+from .bounds import BoundedClassifier, resolve_device
+from .data import build_dataset
+from .models import build_model
 from .reweight import WeightedRobustLoss
 
 
 def validate(cfg: DictConfig) -> None:
-    """Refuse a bad config before any work starts, naming the key, the value and what is allowed."""
+    """Refuse a bad training config before any work starts, naming the key, the value and what is allowed
+    (the table of every key is in ``config_checks``)."""
+    config_checks.check_train_config(cfg)
 
-    def need(ok: bool, key: str, allowed: str) -> None:
-        if not ok:
-            raise ValueError(f"bad config value {key}={OmegaConf.select(cfg, key)!r}: {allowed}")
 
-    need(cfg.data.name in (*DATASETS, "synthetic"), "data.name", f"one of {sorted((*DATASETS, 'synthetic'))}")
-    need(cfg.model.name in MODELS, "model.name", f"one of {sorted(MODELS)}")
-    need(cfg.bound.method in METHODS[:2], "bound.method", f"one of {list(METHODS[:2])} for training")
-    need(cfg.trainer.epochs >= 0, "trainer.epochs", "an integer >= 0")
-    need(cfg.trainer.batch_size > 0, "trainer.batch_size", "an integer > 0")
-    need(cfg.schedule.eps_train >= 0, "schedule.eps_train", "a radius >= 0 (pixel units)")
-    need(cfg.schedule.eps_eval >= 0, "schedule.eps_eval", "a radius >= 0 (pixel units)")
-    need(cfg.schedule.allow_eval_above_train or cfg.schedule.eps_eval <= cfg.schedule.eps_train,
-         "schedule.eps_eval", f"at most schedule.eps_train={cfg.schedule.eps_train} in this preset "
-         "(set schedule.allow_eval_above_train=true to allow it)")
-    for key in ("kappa_start", "kappa_end", "beta_start", "beta_end"):
-        need(0.0 <= cfg.schedule[key] <= 1.0, f"schedule.{key}", "a number in [0, 1]")
-    need(cfg.reweight.gamma >= 0, "reweight.gamma", "a number >= 0 (0 turns re-weighting off)")
-    need(cfg.reweight.alpha >= 0, "reweight.alpha", "a number >= 0")
-    need(cfg.autoeps.maxoff >= 0, "autoeps.maxoff", "a number >= 0 (0 turns auto eps off)")
-    for method in cfg.eval.methods:
-        need(method in METHODS, "eval.methods", f"a list drawn from {list(METHODS)}")
+def validate_evaluate(cfg: DictConfig) -> None:
+    """The same for ``python -m lirpa_reweight.evaluate``'s config."""
+    config_checks.check_evaluate_config(cfg)
 
 
 def dataset_kwargs(data_cfg: DictConfig) -> dict:
@@ -96,9 +81,13 @@ def build_classifier(model_name: str, info: dict, device=None) -> BoundedClassif
 
 
 def build_hooks(cfg: DictConfig, num_examples: int, device) -> tuple[WeightedRobustLoss, AutoEpsScheduler]:
-    criterion = WeightedRobustLoss(gamma=cfg.reweight.gamma, alpha=cfg.reweight.alpha)
+    """The two hooks; a group switched off (``enabled: false``) is built with its neutral value (gamma 0: equal
+    weights, the plain robust loss; maxoff 0: every eps is eps_base), whatever its other keys say."""
+    gamma = cfg.reweight.gamma if cfg.reweight.enabled else 0.0
+    maxoff = cfg.autoeps.maxoff if cfg.autoeps.enabled else 0.0
+    criterion = WeightedRobustLoss(gamma=gamma, alpha=cfg.reweight.alpha)
     base_scheduler = instantiate(cfg.schedule.eps_scheduler)
-    return criterion, AutoEpsScheduler(base_scheduler, num_examples, maxoff=cfg.autoeps.maxoff, device=device)
+    return criterion, AutoEpsScheduler(base_scheduler, num_examples, maxoff=maxoff, device=device)
 
 
 def build_optimization(cfg: DictConfig, classifier: BoundedClassifier):

@@ -102,7 +102,7 @@ def test_unknown_key_and_unknown_preset_are_named():
     [
         (["model.name=resnet9000"], "model.name", "one of"),
         (["data.name=imagenet"], "data.name", "one of"),
-        (["trainer.epochs=-1"], "trainer.epochs", ">= 0"),
+        (["trainer.epochs=-1"], "trainer.epochs", ">= 1"),
         (["schedule.eps_eval=0.5"], "schedule.eps_eval", "at most schedule.eps_train=0.4"),
         (["schedule.eps_train=-0.1", "schedule.eps_eval=0"], "schedule.eps_train", ">= 0"),
         (["reweight.gamma=-1"], "reweight.gamma", ">= 0"),
