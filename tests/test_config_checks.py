@@ -1,0 +1,220 @@
+"""Every key of every composed config is in the check table, and a wrong type or range is refused up front."""
+import logging
+import math
+from importlib import resources
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from lirpa_reweight import config_checks, recipe
+from lirpa_reweight.config_checks import ConfigError
+
+CONF = resources.files("lirpa_reweight.conf")
+EXPERIMENTS = sorted(p.name[:-5] for p in (CONF / "experiment").iterdir() if p.name.endswith(".yaml"))
+DATA = sorted(p.name[:-5] for p in (CONF / "data").iterdir() if p.name.endswith(".yaml"))
+GROUP_SWITCHES = ["reweight=on", "reweight=off", "autoeps=on", "autoeps=off"]
+
+
+def composed(overrides=(), config_name="config"):
+    with initialize_config_module(config_module="lirpa_reweight.conf", version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    if config_name == "config":
+        cfg.run_dir = "unused"
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def keys_of(cfg):
+    return [key for key, _ in config_checks.leaves(OmegaConf.to_container(cfg))]
+
+
+# A table of key -> values its check must refuse: a wrong type and, where the key has a range, a value outside it.
+BAD_TRAIN_VALUES = {
+    "name": [5, ""],
+    "seed": [1.5, "abc", True],
+    "run_dir": [3, ""],
+    "data.name": ["imagenet", 3],
+    "data.root": [5, ""],
+    "data.download": ["yes", 1],
+    "data.augment": ["no"],
+    "data.num_train": [0, -1, 1.5, "all"],
+    "data.num_test": [0, 2.5],
+    "data.in_shape": [[], [1, 0, 5], [1, 2, 3, 4], "1x28x28"],
+    "data.num_classes": [1, 2.0],
+    "data.data_seed": [0.5],
+    "model.name": ["resnet9000", None],
+    "bound.method": ["CROWN", "ibp"],
+    "schedule.eps_train": [-0.1, "abc", math.inf],
+    "schedule.eps_eval": ["abc", -1, None, math.nan],
+    "schedule.allow_eval_above_train": ["true"],
+    "schedule.kappa_start": [1.5, -0.1],
+    "schedule.kappa_end": [2, "half"],
+    "schedule.beta_start": [-1],
+    "schedule.beta_end": [1.01],
+    "schedule.lr": [0, -1e-3, "fast"],
+    "schedule.eps_scheduler._target_": ["not a path!", 3],
+    "schedule.eps_scheduler.max_eps": [-1, "max"],
+    "schedule.eps_scheduler.opt_str": ["", 3],
+    "schedule.lr_scheduler._target_": [""],
+    "schedule.lr_scheduler._partial_": ["true"],
+    "schedule.lr_scheduler.milestones": [[-1], [1.5], 4],
+    "schedule.lr_scheduler.gamma": [0, -0.1],
+    "reweight.enabled": ["on", 1],
+    "reweight.gamma": [-1, "five"],
+    "reweight.alpha": [-0.1],
+    "autoeps.enabled": ["off", 0],
+    "autoeps.maxoff": [-0.1, "x"],
+    "optimizer._target_": ["torch optim Adam"],
+    "optimizer._partial_": [1],
+    "optimizer.lr": [0],
+    "trainer.epochs": [0, 1.5, -1, "3"],
+    "trainer.batch_size": [0, 64.0],
+    "trainer.device": ["banana", 3, "cuda:99"],
+    "trainer.workers": [-1],
+    "trainer.checkpoint_every": [0, 0.5],
+    "trainer.resume": ["yes"],
+    "trainer.stop_after_epochs": [0, 1.5],
+    "trainer.val_examples": [0, -5],
+    "trainer.progress": ["false"],
+    "trainer.deterministic": [2],
+    "eval.methods": [[], ["IBP", "IBP"], ["PGD"], "IBP"],
+    "eval.crown_max_relu_units": [-1, 1e3],
+    "eval.pgd_steps": [-1, 2.5],
+    "eval.batch_size": [0],
+}
+
+BAD_EVALUATE_VALUES = {
+    "checkpoint": ["???", 3],
+    "eps": [-0.1, "abc"],
+    "methods": [[], ["CROWN", "PGD"]],
+    "crown_max_relu_units": [-1, "many"],
+    "num_test": [0, 1.5],
+    "batch_size": [0],
+    "pgd_steps": [-2],
+    "device": ["banana", "cuda:99"],
+    "data_root": [7],
+    "output": [1],
+}
+
+
+@pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
+def test_every_key_of_every_preset_is_in_the_table(experiment):
+    table = config_checks.train_checks()
+    base = [f"+experiment={experiment}"] if experiment else []
+    # Every data preset and group switch once (on the default recipe); each experiment with and without synthetic.
+    extras = [[f"data={d}"] for d in DATA] + [[switch] for switch in GROUP_SWITCHES] if experiment is None \
+        else [[], ["data=synthetic"]]
+    for extra in extras:
+        cfg = composed(base + extra)
+        unknown = [key for key in keys_of(cfg) if key not in table]
+        assert not unknown, f"add {unknown} to config_checks.train_checks() (and to BAD_TRAIN_VALUES here)"
+        recipe.validate(cfg)
+
+
+def test_every_key_of_evaluate_is_in_the_table():
+    cfg = composed(["checkpoint=last.pt"], config_name="evaluate")
+    assert set(keys_of(cfg)) == set(config_checks.evaluate_checks())
+    recipe.validate_evaluate(cfg)
+
+
+def test_every_table_key_has_bad_values_to_try():
+    assert set(BAD_TRAIN_VALUES) == set(config_checks.train_checks())
+    assert set(BAD_EVALUATE_VALUES) == set(config_checks.evaluate_checks())
+
+
+@pytest.fixture(scope="module")
+def good_train_cfg():
+    return composed(["data=synthetic"])
+
+
+@pytest.fixture(scope="module")
+def good_evaluate_cfg():
+    return composed(["checkpoint=last.pt"], config_name="evaluate")
+
+
+@pytest.mark.parametrize("key", sorted(BAD_TRAIN_VALUES))
+def test_a_bad_value_of_any_training_key_is_refused_naming_key_and_value(key, good_train_cfg):
+    good = good_train_cfg
+    for bad in BAD_TRAIN_VALUES[key]:
+        cfg = good.copy()
+        OmegaConf.update(cfg, key, bad, merge=False)
+        with pytest.raises(ConfigError) as error:
+            recipe.validate(cfg)
+        message = str(error.value)
+        assert error.value.key == key and f"{key}={bad!r}" in message, message
+        assert "\n" not in message
+
+
+@pytest.mark.parametrize("key", sorted(BAD_EVALUATE_VALUES))
+def test_a_bad_value_of_any_evaluate_key_is_refused_naming_key_and_value(key, good_evaluate_cfg):
+    good = good_evaluate_cfg
+    for bad in BAD_EVALUATE_VALUES[key]:
+        cfg = good.copy()
+        OmegaConf.update(cfg, key, bad, merge=False)
+        with pytest.raises(ConfigError) as error:
+            recipe.validate_evaluate(cfg)
+        assert error.value.key == key and f"{key}={bad!r}" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "override, key, allowed",
+    [
+        ("data.num_test=0", "data.num_test", "integer >= 1"),
+        ("data.num_train=0", "data.num_train", "integer >= 1"),
+        ("trainer.checkpoint_every=0", "trainer.checkpoint_every", "integer >= 1"),
+        ("trainer.val_examples=0", "trainer.val_examples", "integer >= 1"),
+        ("trainer.epochs=1.5", "trainer.epochs", "integer >= 1"),
+        ("trainer.epochs=0", "trainer.epochs", "integer >= 1"),
+        ("schedule.eps_eval=abc", "schedule.eps_eval", "a number >= 0"),
+        ("eval.methods=[CROWN]", "eval.methods", "eval.crown_max_relu_units=2000"),
+    ],
+)
+def test_the_issues_bad_command_line_values_are_refused(override, key, allowed):
+    with pytest.raises(ConfigError) as error:
+        recipe.validate(composed([override]))
+    assert error.value.key == key and allowed in str(error.value)
+
+
+def test_cuda_is_refused_on_a_machine_without_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"trainer.device='cuda'.*torch.cuda.is_available"):
+        recipe.validate(composed(["trainer.device=cuda"]))
+    recipe.validate(composed(["trainer.device=cpu"]))
+
+
+def test_crown_alone_is_allowed_when_the_model_is_small_enough():
+    recipe.validate(composed(["eval.methods=[CROWN]", "eval.crown_max_relu_units=100000"]))
+
+
+def test_maxoff_above_eps_train_warns_only_when_auto_eps_is_on(caplog):
+    with caplog.at_level(logging.WARNING, logger="lirpa_reweight.config_checks"):
+        recipe.validate(composed(["autoeps=on", "autoeps.maxoff=0.5"]))
+    assert "autoeps.maxoff=0.5 is larger than schedule.eps_train=0.4" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lirpa_reweight.config_checks"):
+        recipe.validate(composed(["autoeps=on", "autoeps.maxoff=0.15"]))
+        recipe.validate(composed(["autoeps=off", "autoeps.maxoff=0.5"]))
+    assert "maxoff" not in caplog.text
+
+
+def test_an_unknown_added_key_warns(caplog):
+    cfg = composed(["+trainer.epochz=3"])
+    with caplog.at_level(logging.WARNING, logger="lirpa_reweight.config_checks"):
+        recipe.validate(cfg)
+    assert "trainer.epochz" in caplog.text
+
+
+def test_train_refuses_before_building_data_or_writing_anything(tmp_path, monkeypatch):
+    from lirpa_reweight import train as train_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was built before the config was checked")
+
+    monkeypatch.setattr(recipe, "train_dataset", no_data)
+    cfg = composed(["data=synthetic", "trainer.checkpoint_every=0"])
+    cfg.run_dir = str(tmp_path / "run")
+    with pytest.raises(ConfigError, match="trainer.checkpoint_every=0"):
+        train_module.train(cfg)
+    assert not (tmp_path / "run").exists()
