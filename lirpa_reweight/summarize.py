@@ -2,8 +2,8 @@
 
 Finds every run directory under DIR (a directory with ``.hydra/overrides.yaml`` or ``config.yaml``),
 groups the runs by setting (their command-line overrides other than the seed and other than keys that do
-not change what is trained), and reports clean and verified error as mean +- sample std (ddof=1) over
-seeds, in percent, with the best row (lowest mean verified error) marked. The table is printed and written
+not change what is trained; a hook group labelled by what its ``config.yaml`` says ran), and reports clean
+and verified error as mean +- sample std (ddof=1) over seeds, in percent, with the best row (lowest mean verified error) marked. The table is printed and written
 as ``summary.md`` and ``summary.csv`` in DIR. Runs without ``final.json`` (failed or unfinished) are
 listed under the table with the last epoch they logged.
 """
@@ -29,6 +29,10 @@ NON_TRAINING_KEYS = ("seed", "run_dir", "trainer.resume", "trainer.device", "tra
 NON_TRAINING_PREFIXES = ("hydra.", "hydra/")
 # Column order for --by-method; methods outside this list follow in the order found.
 METHOD_ORDER = ("IBP", "CROWN-IBP", "CROWN")
+# The hook groups and the key that gave each its strength before groups had an ``enabled`` switch (runs written
+# then trained with the hook whenever that value was above 0, whatever the group was called).
+HOOK_GROUPS = {"reweight": "gamma", "autoeps": "maxoff"}
+UNUSED = "unused (off)"
 _SEED_DIR = re.compile(r"^seed=(-?\d+)$")
 
 
@@ -168,7 +172,39 @@ def run_setting(run_dir: Path, root: Optional[Path] = None) -> tuple[dict[str, s
             seed = int(value) if re.fullmatch(r"-?\d+", value) else seed
         if is_training_key(key):
             setting[key] = value
-    return setting, seed
+    return what_ran(setting, config), seed
+
+
+def hook_enabled(config: dict, group: str) -> Optional[bool]:
+    """Whether a run's config trained with the ``group`` hook: its ``enabled`` switch, or for a run from before
+    the switch existed, whether its strength (gamma, maxoff) was above 0; None when the config does not say."""
+    section = config.get(group)
+    if not isinstance(section, dict):
+        return None
+    if isinstance(section.get("enabled"), bool):
+        return section["enabled"]
+    strength = section.get(HOOK_GROUPS[group])
+    return strength > 0 if isinstance(strength, (int, float)) and not isinstance(strength, bool) else None
+
+
+def what_ran(setting: dict[str, str], config: dict) -> dict[str, str]:
+    """``setting`` relabelled by what the run's ``config.yaml`` says ran: a hook group reads ``on``/``off`` as
+    trained (``reweight.enabled=...`` folds into it), and a switched-off group's other keys read "unused (off)"."""
+    labelled = dict(setting)
+    for group in HOOK_GROUPS:
+        enabled = hook_enabled(config, group)
+        if enabled is None:
+            continue
+        switch = f"{group}.enabled"
+        if group in labelled or switch in labelled:
+            labelled = {(group if key == switch else key): value for key, value in labelled.items()
+                        if not (key == switch and group in labelled)}
+            labelled[group] = "on" if enabled else "off"
+        if not enabled:
+            for key in labelled:
+                if key.startswith(group + "."):
+                    labelled[key] = UNUSED
+    return labelled
 
 
 def setting_label(setting: dict[str, str]) -> str:
