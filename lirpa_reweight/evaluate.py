@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -77,12 +78,14 @@ def pgd_attack(classifier: BoundedClassifier, x: torch.Tensor, y: torch.Tensor, 
 def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: float,
                         methods: Sequence[str] = ("IBP", "CROWN-IBP"), pgd_steps: int = 20,
                         crown_batch_size: int = 16, crown_max_relu_units: int = CROWN_MAX_RELU_UNITS,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, crown_limit_key: str = "crown_max_relu_units") -> dict:
     """Errors on ``batches`` of ``(x, y, index)`` at radius ``eps`` (pixel units).
 
     An example counts as verified when every margin lower bound is positive; ``verified_error``
     counts an example as verified if any of the methods verifies it. CROWN is skipped, with the
-    reason recorded, when the model is too large for it.
+    reason recorded, when the model is too large for it; ``crown_limit_key`` is the name the caller's
+    user knows the limit by (``eval.crown_max_relu_units`` in train), quoted in the reason. When no
+    requested method ran, ``verified_error`` is None and ``verified_error_reason`` says why.
     """
     for method in methods:
         if method not in METHODS:
@@ -98,7 +101,7 @@ def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: f
             units = relu_units(classifier.model, classifier.normalize(x))
             if units > crown_max_relu_units:
                 skipped["CROWN"] = (f"the model has {units} ReLU units per example, above the limit of "
-                                    f"{crown_max_relu_units} (eval.crown_max_relu_units): full CROWN costs about "
+                                    f"{crown_max_relu_units} ({crown_limit_key}): full CROWN costs about "
                                     "0.1 s per example on CPU at 5000 units and grows with the model; raise the limit "
                                     "to run it anyway")
                 log.warning("CROWN skipped: %s", skipped["CROWN"])
@@ -123,20 +126,27 @@ def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: f
     total = counts["examples"]
     if total == 0:
         raise ValueError("no examples to evaluate")
-    return {
+    ran = [m for m in methods if m not in skipped]
+    result = {
         "eps": eps,
         "num_examples": total,
         "clean_error": counts["clean"] / total,
         "pgd_error": counts["pgd"] / total,
-        "verified_error": 1 - counts["any_verified"] / total,
+        # Nothing verified is not 100% verified error: with no method run there is no verified error at all.
+        "verified_error": 1 - counts["any_verified"] / total if ran else None,
         "verified_error_by_method": {m: (None if m in skipped else 1 - counts[m] / total) for m in methods},
         "skipped": skipped,
         "seconds": round(time.time() - started, 2),
     }
+    if not ran:
+        result["verified_error_reason"] = "no requested bound method ran: " + "; ".join(
+            f"{m} skipped: {why}" for m, why in skipped.items())
+    return result
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     """Evaluate a saved run (``last.pt``/``best.pt``) on its data set's test split."""
+    recipe.validate_evaluate(cfg)
     classifier, run_cfg = recipe.classifier_from_checkpoint(cfg.checkpoint, device=cfg.device)
     eps = float(run_cfg.schedule.eps_eval if cfg.eps is None else cfg.eps)
     if eps < 0:
@@ -145,17 +155,21 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         run_cfg.data.root = cfg.data_root
     loader = recipe.test_loader(run_cfg, num_examples=cfg.num_test, batch_size=cfg.batch_size)
     result = evaluate_classifier(classifier, loader, eps, methods=list(cfg.methods), pgd_steps=cfg.pgd_steps,
-                                 crown_max_relu_units=cfg.crown_max_relu_units)
+                                 crown_max_relu_units=cfg.crown_max_relu_units,
+                                 crown_limit_key="crown_max_relu_units")
     result["checkpoint"] = str(Path(cfg.checkpoint).resolve())
     return result
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lirpa_reweight.conf", config_name="evaluate")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> Optional[float]:
     result = evaluate_checkpoint(cfg)
     print(json.dumps(result, indent=2))
     if cfg.output:
         Path(cfg.output).write_text(json.dumps(result, indent=2))
+    if result["verified_error"] is None:
+        log.error("%s", result["verified_error_reason"])
+        sys.exit(1)  # nothing asked for could run: a script must not read the JSON as a result
     return result["verified_error"]
 
 

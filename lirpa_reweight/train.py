@@ -218,7 +218,8 @@ def train(cfg: DictConfig) -> dict:
     log.info("final evaluation at eps %g on the test set", cfg.schedule.eps_eval)
     final = evaluate_classifier(classifier, recipe.test_loader(cfg), cfg.schedule.eps_eval,
                                 methods=list(cfg.eval.methods), pgd_steps=cfg.eval.pgd_steps,
-                                crown_max_relu_units=cfg.eval.crown_max_relu_units, progress=cfg.trainer.progress)
+                                crown_max_relu_units=cfg.eval.crown_max_relu_units, progress=cfg.trainer.progress,
+                                crown_limit_key="eval.crown_max_relu_units")
     final.update(epochs=cfg.trainer.epochs, best_epoch=best["epoch"])
     (run_dir / "final.json").write_text(json.dumps(final, indent=2))
     log.info("final: clean err %.4f, PGD err %.4f, verified err %.4f %s%s", final["clean_error"],
