@@ -23,10 +23,8 @@ matplotlib.use("Agg")  # files only: no display needed, and none is touched
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-import torch  # noqa: E402
 
-from . import checkpoint, recipe  # noqa: E402
-from .bounds import bound_margin  # noqa: E402
+# torch, the checkpoint reader and the bounds are imported where a plot needs them: `training` reads JSON only.
 from .summarize import run_setting, setting_label  # noqa: E402
 
 KINDS = ("margins", "training", "eps")
@@ -99,6 +97,10 @@ def final_training_eps(run_dir) -> tuple[np.ndarray, float, float]:
     Returns ``(eps, eps_base, maxoff)``. Only the examples training visits (the first ``data.num_train``)
     are returned: the offsets of the others are never updated.
     """
+    import torch
+
+    from . import checkpoint
+
     path = run_checkpoint(run_dir, prefer=("last.pt",))
     state = checkpoint.load(path)
     autoeps = state.get("autoeps")
@@ -123,6 +125,11 @@ def margins_at_eps_eval(run_dir, num_test: int = 2000, method: Optional[str] = N
     Bounds come from the run's training method (``bound.method``) unless ``method`` is given; CROWN-IBP is
     pure CROWN-IBP here (beta = 1), as at evaluation. Returns ``(margins, eps, method)``.
     """
+    import torch
+
+    from . import recipe
+    from .bounds import bound_margin
+
     path = run_checkpoint(run_dir)
     classifier, run_cfg = recipe.classifier_from_checkpoint(path, device=device)
     method = method or run_cfg.bound.method

@@ -109,7 +109,8 @@ def real_run(tmp_path_factory):
     overrides = ["data=synthetic", "trainer.epochs=3", "trainer.val_examples=64", "eval.methods=[IBP]",
                  "eval.pgd_steps=0", "trainer.progress=false", "trainer.device=cpu", "schedule.eps_train=0.01",
                  "schedule.eps_eval=0.01", "schedule.eps_scheduler._target_=auto_LiRPA.eps_scheduler.FixedScheduler",
-                 "autoeps.maxoff=0.01", "reweight.gamma=5", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}"]
+                 "autoeps=on", "autoeps.maxoff=0.01", "reweight=on", "reweight.gamma=5", f"run_dir={run_dir}",
+                 f"hydra.run.dir={run_dir}"]
     done = subprocess.run([sys.executable, "-m", "lirpa_reweight.train", *overrides], capture_output=True, text=True,
                           cwd=run_dir.parent)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,0 +1,55 @@
+"""A quiet, fast start: no known third-party noise, and summarize/plot import neither torch nor auto_LiRPA."""
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from lirpa_reweight import _quiet
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_HOME": "/usr/local"}  # CUDA_HOME set: torch would log
+
+
+def python(code, timeout=300):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def test_summarize_and_plot_import_neither_torch_nor_auto_lirpa():
+    out = python("import sys, lirpa_reweight.summarize, lirpa_reweight.plot, lirpa_reweight;"
+                 "print(sorted(m for m in ('torch', 'auto_LiRPA') if m in sys.modules))")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_summarize_help_takes_under_a_second():
+    seconds = []
+    for _ in range(3):  # best of three: the machine may be busy
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "lirpa_reweight.summarize", "--help"], capture_output=True,
+                             text=True, timeout=60, env=ENV)
+        seconds.append(time.perf_counter() - started)
+        assert out.returncode == 0 and "usage" in out.stdout and not out.stderr, out.stderr
+    assert min(seconds) < 1.0, seconds
+
+
+def test_importing_auto_lirpa_after_the_package_is_patched_and_silent():
+    out = python("import lirpa_reweight, auto_LiRPA; from lirpa_reweight import compat;"
+                 "from auto_LiRPA import BoundedModule; print(len(compat.APPLIED));"
+                 "import lirpa_reweight.bounds, lirpa_reweight.train")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "jit.script" not in out.stderr and "No CUDA runtime" not in out.stderr, out.stderr
+    from lirpa_reweight import compat
+
+    compat.apply()
+    assert int(out.stdout.split()[-1]) == len(compat.APPLIED)  # the same patches as in this (pytest) process
+
+
+def test_only_the_known_messages_are_dropped(capsys):
+    out = python("import warnings, lirpa_reweight.bounds; warnings.warn('something else', FutureWarning)")
+    assert "something else" in out.stderr
+    record = logging.LogRecord("torch.utils.cpp_extension", logging.WARNING, __file__, 1, "No CUDA runtime is "
+                               "found, using CUDA_HOME='%s'", ("/usr/local",), None)
+    other = logging.LogRecord("torch.utils.cpp_extension", logging.WARNING, __file__, 1, "Error building %s",
+                              ("ext",), None)
+    logger = logging.getLogger(_quiet.CPP_EXTENSION_LOGGER)
+    assert not logger.filter(record) and logger.filter(other)
