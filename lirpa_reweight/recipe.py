@@ -41,6 +41,9 @@ def validate(cfg: DictConfig) -> None:
         need(0.0 <= cfg.schedule[key] <= 1.0, f"schedule.{key}", "a number in [0, 1]")
     need(cfg.reweight.gamma >= 0, "reweight.gamma", "a number >= 0 (0 turns re-weighting off)")
     need(cfg.reweight.alpha >= 0, "reweight.alpha", "a number >= 0")
+    need(cfg.trainer.divergence_factor is None or (isinstance(cfg.trainer.divergence_factor, (int, float))
+                                                    and cfg.trainer.divergence_factor > 1),
+         "trainer.divergence_factor", "a number > 1, or null to stop only on non-finite losses")
     need(cfg.autoeps.maxoff >= 0, "autoeps.maxoff", "a number >= 0 (0 turns auto eps off)")
     for method in cfg.eval.methods:
         need(method in METHODS, "eval.methods", f"a list drawn from {list(METHODS)}")
