@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 LOCK_NAME = ".lock"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 # Keys that do not change what is trained: where the data and the run live, how fast and how visibly it runs,
 # when it stops early or checkpoints, how it is finally evaluated, and the divergence guard. A resume may change
@@ -133,6 +135,7 @@ def write_text_atomically(path: PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it an ordinary file's permissions
         with os.fdopen(handle, "w") as file:
             file.write(text)
             file.flush()
