@@ -168,6 +168,25 @@ def _load_resume_state(cfg: DictConfig, run_dir: Path, device) -> Optional[dict]
     return state
 
 
+def _claim_run_directory(cfg: DictConfig, run_dir: Path, state: Optional[dict], hydra_files: dict) -> None:
+    """The checks passed: record this run's config, and leave only the files it stands behind."""
+    rundir.write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    for name, text in hydra_files.items():
+        rundir.write_text_atomically(run_dir / name, text)
+    last_path, metrics_path = run_dir / "last.pt", run_dir / "metrics.jsonl"
+    if state is None:
+        rundir.write_text_atomically(metrics_path, "")
+        for stale in ("last.pt", "last.pt.prev", "best.pt", "final.json"):  # a previous run's files must not
+            (run_dir / stale).unlink(missing_ok=True)                       # pass for this one's
+        return
+    if state["path"] != last_path:  # last.pt was damaged: keep it aside, the good copy becomes last.pt
+        last_path.replace(run_dir / "last.pt.damaged")
+        checkpoint.copy_atomically(state["path"], last_path)
+    # Drop metric lines of epochs after the checkpoint (an interrupted epoch's partial record).
+    rundir.keep_metrics_up_to(metrics_path, state["epoch"])
+    (run_dir / "final.json").unlink(missing_ok=True)  # trainer.epochs grew: the old one no longer describes the run
+
+
 def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict) -> dict:
     device = resolve_device(cfg.trainer.device)
     last_path, best_path, metrics_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
@@ -180,6 +199,7 @@ def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict) -> dict:
     monitor = DivergenceMonitor(cfg.trainer.divergence_factor, device=device,
                                 hint=f"lower schedule.lr (now {cfg.schedule.lr:g}; optimizer.lr follows it), or "
                                      "ramp eps more slowly (schedule.eps_scheduler)")
+    _claim_run_directory(cfg, run_dir, state, hydra_files)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
 
@@ -191,10 +211,6 @@ def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict) -> dict:
     val_loader = recipe.test_loader(cfg, num_examples=cfg.trainer.val_examples)
     if state is not None:
         _check_data_matches(state, info, state["path"])
-    # Checks done: from here on this run owns the directory's records.
-    rundir.write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    for name, text in hydra_files.items():
-        rundir.write_text_atomically(run_dir / name, text)
 
     start_epoch, best = 1, {"epoch": None, "val_verified_error": math.inf}
     show_progress = cfg.trainer.progress and sys.stderr.isatty()  # bars in a log file would garble its lines
@@ -207,17 +223,7 @@ def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict) -> dict:
         monitor.load_state_dict(state.get("divergence", {}))
         checkpoint.set_rng_state(state["rng"])
         start_epoch, best = state["epoch"] + 1, state["best"]
-        if state["path"] != last_path:  # last.pt was damaged: keep it aside, the good copy becomes last.pt
-            last_path.replace(run_dir / "last.pt.damaged")
-            checkpoint.copy_atomically(state["path"], last_path)
-        # Drop metric lines of epochs after the checkpoint (an interrupted epoch's partial record).
-        rundir.keep_metrics_up_to(metrics_path, state["epoch"])
-        final_path.unlink(missing_ok=True)  # trainer.epochs grew: the old final.json no longer describes the run
         log.info("resumed from %s at epoch %d", state["path"], state["epoch"])
-    else:
-        rundir.write_text_atomically(metrics_path, "")
-        for stale in ("last.pt", "last.pt.prev", "best.pt", "final.json"):  # a previous run's files must not
-            (run_dir / stale).unlink(missing_ok=True)                       # pass for this one's
 
     loader_generator = torch.Generator()
     autoeps.set_epoch_length(len(recipe.train_loader(cfg, dataset, loader_generator)))
