@@ -67,6 +67,15 @@ class DivergenceMonitor:
                               f"loss {loss:.4g} {what}; nothing of this epoch was saved. Start again with a "
                               f"smaller step: {self.hint}") from cause
 
+    def check_failure(self, epoch: int, error: BaseException, module: torch.nn.Module) -> None:
+        """A step raised ``error`` (e.g. a hook found NaN bounds): raise :class:`DivergenceError` from it if the
+        loss went bad first or the weights are no longer finite; otherwise return (the error is something else)."""
+        self.check(epoch, cause=error)
+        if not all(bool(torch.isfinite(p).all()) for p in module.parameters()):
+            raise DivergenceError(f"training diverged at epoch {epoch}: the weights became non-finite in the update "
+                                  f"of step {self.steps}, and step {self.steps + 1} failed ({error}); nothing of "
+                                  f"this epoch was saved. Start again with a smaller step: {self.hint}") from error
+
     def state_dict(self) -> dict:
         return {"reference": None if self.reference is None else float(self.reference.item())}
 

@@ -43,10 +43,6 @@ def run_dirname(overrides: str, max_length: int = 120) -> str:
 
 if not OmegaConf.has_resolver("run_dirname"):
     OmegaConf.register_new_resolver("run_dirname", run_dirname)
-if not OmegaConf.has_resolver("default_run_name"):
-    OmegaConf.register_new_resolver("default_run_name", rundir.default_run_name)
-if not OmegaConf.has_resolver("sweep_dirname"):
-    OmegaConf.register_new_resolver("sweep_dirname", lambda name, timestamp: timestamp if name is None else str(name))
 
 
 def schedule_factors(cfg: DictConfig, eps_base: float) -> tuple[float, float]:
@@ -236,8 +232,8 @@ def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict) -> dict:
         monitor.start_epoch()
         try:
             stats = train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, show_progress, monitor)
-        except Exception as error:  # a hook's own NaN check fired: say where the loss first went bad, if it did
-            monitor.check(epoch, cause=error)
+        except Exception as error:  # e.g. a hook's own NaN check: say so if training diverged
+            monitor.check_failure(epoch, error, classifier.model)
             raise
         monitor.check(epoch)
         lr = optimizer.param_groups[0]["lr"]

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_module
 
 from lirpa_reweight import checkpoint
@@ -97,9 +98,30 @@ def test_resume_from_a_damaged_last_pt_falls_back_to_the_previous_one(tmp_path, 
     assert checkpoint.load(run_dir / "last.pt")["epoch"] == 2
 
 
-def test_divergence_stops_with_epoch_step_and_fix_and_saves_nothing_bad(tmp_path):
+def test_a_finished_run_is_extended_by_more_epochs_and_config_checkpoint_agree(tmp_path):
+    straight = train(tiny_cfg(tmp_path / "straight", *FAST_EVAL, "trainer.epochs=3"))
+    run_dir = tmp_path / "extended"
+    train(tiny_cfg(run_dir, *FAST_EVAL))  # 2 epochs, final.json written
+    again = train(tiny_cfg(run_dir, *FAST_EVAL, "trainer.resume=true"))  # finished: nothing trained
+    assert again == json.loads((run_dir / "final.json").read_text()) and again["epochs"] == 2
+    extended = train(tiny_cfg(run_dir, *FAST_EVAL, "trainer.epochs=3", "trainer.resume=true", "eval.pgd_steps=1"))
+    assert extended["epochs"] == 3 and json.loads((run_dir / "final.json").read_text())["epochs"] == 3
+    assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    # The run recorded is the run trained: the new values in config.yaml and in the checkpoint alike.
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved = checkpoint.load(run_dir / "last.pt")
+    assert config["trainer"]["epochs"] == saved["config"]["trainer"]["epochs"] == 3
+    assert config["eval"]["pgd_steps"] == saved["config"]["eval"]["pgd_steps"] == 1
+    reference = checkpoint.load(tmp_path / "straight" / "last.pt")
+    for key in reference["model"]:  # 2 + 1 epochs train exactly what 3 epochs do
+        assert torch.equal(reference["model"][key], saved["model"][key]), key
+    assert extended["verified_error"] == straight["verified_error"]
+
+
+@pytest.mark.parametrize("optimizer", ["torch.optim.Adam", "torch.optim.SGD"])  # SGD: bounds turn NaN mid-epoch
+def test_divergence_stops_with_epoch_step_and_fix_and_saves_nothing_bad(tmp_path, optimizer):
     with pytest.raises(DivergenceError, match=r"diverged at epoch 1, step \d+ .*lower schedule.lr \(now 1e\+06"):
-        train(tiny_cfg(tmp_path, *FAST_EVAL, "schedule.lr=1e6"))
+        train(tiny_cfg(tmp_path, *FAST_EVAL, "schedule.lr=1e6", f"optimizer._target_={optimizer}", "trainer.epochs=4"))
     assert not (tmp_path / "final.json").exists() and not (tmp_path / "best.pt").exists()
     for name in ("last.pt", "last.pt.prev"):
         if (tmp_path / name).exists():
@@ -129,7 +151,8 @@ def test_an_interrupted_sweep_resumes_with_the_same_command(tmp_path):
         deadline = time.time() + 300
         while not list(sweep_dir.glob("*/seed=2/last.pt")) and time.time() < deadline and sweep.poll() is None:
             time.sleep(0.02)
-        os.kill(sweep.pid, signal.SIGKILL)
+        if sweep.poll() is None:
+            os.kill(sweep.pid, signal.SIGKILL)
     finally:
         sweep.wait()
     finished = {seed: next(sweep_dir.glob(f"*/seed={seed}")) for seed in (0, 1)}

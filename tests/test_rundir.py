@@ -215,3 +215,15 @@ def test_non_finite_weights_are_refused():
         model.bias[1] = float("inf")
     with pytest.raises(DivergenceError, match="parameter 'bias' is not finite"):
         require_finite_parameters(model, "checkpoint last.pt")
+
+
+def test_a_failing_step_after_non_finite_weights_is_reported_as_divergence():
+    monitor = DivergenceMonitor(factor=None, hint="lower schedule.lr")
+    model = torch.nn.Linear(2, 2)
+    monitor.observe(torch.tensor(1e30))  # finite: not flagged without a factor
+    other = ValueError("a bug")
+    monitor.check_failure(2, other, model)  # finite weights: the error is not divergence, the caller re-raises it
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(DivergenceError, match=r"epoch 2: .*update of step 1, and step 2 failed \(lb has NaN"):
+        monitor.check_failure(2, ValueError("lb has NaN or inf"), model)
