@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import checkpoint, recipe, rundir
 from .bounds import resolve_device
@@ -297,7 +298,8 @@ def _hydra_record(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the final verified error so sweepers can minimise it."""
     try:
-        result = train(cfg, hydra_files=_hydra_record(cfg))
+        with logging_redirect_tqdm():  # on a terminal, log lines print above the bars, not into them
+            result = train(cfg, hydra_files=_hydra_record(cfg))
     except Exception:
         log.exception("training failed")  # the traceback goes to train.log too, not only to the terminal
         raise
