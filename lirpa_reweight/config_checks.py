@@ -149,6 +149,7 @@ def train_checks() -> dict[str, Check]:
         "name": text(),
         "seed": integer(),
         "run_dir": text(),
+        "sweep_name": optional(text(), "name the sweep directory by its launch time"),
         # data
         "data.name": choice(_data_names()),
         "data.root": optional(text(), "the default data directory"),
@@ -199,6 +200,7 @@ def train_checks() -> dict[str, Check]:
         "trainer.val_examples": optional(integer(1), "the whole test split"),
         "trainer.progress": boolean(),
         "trainer.deterministic": boolean(),
+        "trainer.divergence_factor": optional(number(above=1.0), "stop only on non-finite losses"),
         # final evaluation
         "eval.methods": method_list(_methods()),
         "eval.crown_max_relu_units": integer(0),

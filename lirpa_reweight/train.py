@@ -9,17 +9,22 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import checkpoint, recipe
+from . import checkpoint, recipe, rundir
 from .bounds import resolve_device
+from .divergence import DivergenceMonitor, require_finite_parameters
 from .evaluate import evaluate_classifier
 
 log = logging.getLogger(__name__)
@@ -71,7 +76,7 @@ class EpochMeter:
                     verified_error=1 - verified, mean_weight=weight)
 
 
-def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, progress=True) -> dict:
+def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, progress=True, monitor=None) -> dict:
     classifier.train()
     autoeps.train()
     autoeps.step_epoch()
@@ -86,6 +91,8 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
         eps = autoeps.eps(index)
         logits, lb = classifier.certify(x, y, eps, method=method, beta=beta if method == "CROWN-IBP" else None)
         loss = criterion(lb, logits, y, kappa=kappa)
+        if monitor is not None:
+            monitor.observe(loss)  # device-side; read at the epoch's end
         autoeps.update(index, criterion.last_margins)  # eq. 6 margins at each example's own eps
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -100,8 +107,12 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
     return stats
 
 
-def save_run_state(path: Path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best):
-    checkpoint.save_atomically({
+def save_run_state(path: Path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best,
+                   monitor, rotate=False):
+    """Save the run's state to ``path`` (keeping the previous file as ``path.prev`` when ``rotate``)."""
+    require_finite_parameters(classifier.model, f"checkpoint {path} of epoch {epoch}")
+    save = checkpoint.save_rotating if rotate else checkpoint.save_atomically
+    save({
         "epoch": epoch,
         "model": classifier.model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -110,29 +121,82 @@ def save_run_state(path: Path, cfg, epoch, classifier, optimizer, lr_scheduler, 
         "autoeps": autoeps.state_dict(),
         "rng": checkpoint.rng_state(),
         "best": best,
+        "divergence": monitor.state_dict(),
         "data_info": info,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }, path)
 
 
-def _check_resumable(state: dict, cfg: DictConfig, info: dict, path: Path) -> None:
-    saved = state["config"]
-    for key in ("model.name", "data.name"):
-        group, field = key.split(".")
-        if saved[group][field] != cfg[group][field]:
-            raise ValueError(f"cannot resume from {path}: it was trained with {key}={saved[group][field]!r}, "
-                             f"this run asks for {key}={cfg[group][field]!r}")
+def _check_data_matches(state: dict, info: dict, path: Path) -> None:
     if state["data_info"] != info:
         raise ValueError(f"cannot resume from {path}: its data shape/normalisation {state['data_info']} "
                          f"differ from this run's {info}")
 
 
-def train(cfg: DictConfig) -> dict:
-    """Train, checkpoint every epoch, evaluate at the end; returns the final metrics (also in final.json)."""
+def train(cfg: DictConfig, hydra_files: Optional[dict] = None) -> dict:
+    """Train, checkpoint every epoch, evaluate at the end; returns the final metrics (also in final.json).
+
+    The run directory is locked for the run. ``config.yaml`` and ``hydra_files`` (path in the run directory ->
+    text, e.g. ``.hydra/overrides.yaml``) are written only once the run may go ahead: a refused resume leaves the
+    directory as it was.
+    """
     recipe.validate(cfg)
     run_dir = recipe.run_directory(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with rundir.RunLock(run_dir):
+        return _train(cfg, run_dir, hydra_files or {})
+
+
+def _load_resume_state(cfg: DictConfig, run_dir: Path, device) -> Optional[dict]:
+    """The checkpoint to continue from (last.pt, or last.pt.prev when last.pt is damaged), checked against this
+    run's config; None for a fresh start."""
+    last_path = run_dir / "last.pt"
+    if not (last_path.exists() or checkpoint.previous_path(last_path).exists()):
+        if cfg.trainer.resume:
+            log.warning("trainer.resume=true but %s does not exist: starting from scratch", last_path)
+        return None
+    if not cfg.trainer.resume:
+        log.warning("%s holds a previous run: starting from scratch and overwriting it "
+                    "(trainer.resume=true continues it instead)", run_dir)
+        return None
+    state, path = checkpoint.load_with_fallback(last_path, map_location=device)
+    rundir.check_resume_config(state["config"], OmegaConf.to_container(cfg, resolve=True), state["epoch"], path)
+    state["path"] = path
+    return state
+
+
+def _claim_run_directory(cfg: DictConfig, run_dir: Path, state: Optional[dict], hydra_files: dict) -> None:
+    """The checks passed: record this run's config, and leave only the files it stands behind."""
+    rundir.write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    for name, text in hydra_files.items():
+        rundir.write_text_atomically(run_dir / name, text)
+    last_path, metrics_path = run_dir / "last.pt", run_dir / "metrics.jsonl"
+    if state is None:
+        rundir.write_text_atomically(metrics_path, "")
+        for stale in ("last.pt", "last.pt.prev", "best.pt", "final.json"):  # a previous run's files must not
+            (run_dir / stale).unlink(missing_ok=True)                       # pass for this one's
+        return
+    if state["path"] != last_path:  # last.pt was damaged: keep it aside, the good copy becomes last.pt
+        last_path.replace(run_dir / "last.pt.damaged")
+        checkpoint.copy_atomically(state["path"], last_path)
+    # Drop metric lines of epochs after the checkpoint (an interrupted epoch's partial record).
+    rundir.keep_metrics_up_to(metrics_path, state["epoch"])
+    (run_dir / "final.json").unlink(missing_ok=True)  # trainer.epochs grew: the old one no longer describes the run
+
+
+def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict) -> dict:
     device = resolve_device(cfg.trainer.device)
+    last_path, best_path, metrics_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
+    final_path = run_dir / "final.json"
+    state = _load_resume_state(cfg, run_dir, device)
+    if state is not None and state["epoch"] >= cfg.trainer.epochs and final_path.is_file():
+        log.info("%s has finished (epoch %d, final.json written): nothing to train, final.json kept", run_dir,
+                 state["epoch"])
+        return json.loads(final_path.read_text())
+    monitor = DivergenceMonitor(cfg.trainer.divergence_factor, device=device,
+                                hint=f"lower schedule.lr (now {cfg.schedule.lr:g}; optimizer.lr follows it), or "
+                                     "ramp eps more slowly (schedule.eps_scheduler)")
+    _claim_run_directory(cfg, run_dir, state, hydra_files)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
 
@@ -142,33 +206,21 @@ def train(cfg: DictConfig) -> dict:
     criterion, autoeps = recipe.build_hooks(cfg, num_examples=len(dataset), device=device)
     optimizer, lr_scheduler = recipe.build_optimization(cfg, classifier)
     val_loader = recipe.test_loader(cfg, num_examples=cfg.trainer.val_examples)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if state is not None:
+        _check_data_matches(state, info, state["path"])
 
     start_epoch, best = 1, {"epoch": None, "val_verified_error": math.inf}
-    last_path, best_path, metrics_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
-    if cfg.trainer.resume and last_path.exists():
-        state = checkpoint.load(last_path, map_location=device)
-        _check_resumable(state, cfg, info, last_path)
+    show_progress = cfg.trainer.progress and sys.stderr.isatty()  # bars in a log file would garble its lines
+    if state is not None:
         classifier.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
         criterion.load_state_dict(state["criterion"])
         autoeps.load_state_dict(state["autoeps"])
+        monitor.load_state_dict(state.get("divergence", {}))
         checkpoint.set_rng_state(state["rng"])
         start_epoch, best = state["epoch"] + 1, state["best"]
-        # Drop metric lines of epochs after the checkpoint (an interrupted epoch's partial record).
-        lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-        metrics_path.write_text("".join(line + "\n" for line in lines if json.loads(line)["epoch"] <= state["epoch"]))
-        log.info("resumed from %s at epoch %d", last_path, state["epoch"])
-    else:
-        if cfg.trainer.resume:
-            log.warning("trainer.resume=true but %s does not exist: starting from scratch", last_path)
-        elif last_path.exists():
-            log.warning("%s holds a previous run: starting from scratch and overwriting it "
-                        "(trainer.resume=true continues it instead)", run_dir)
-        metrics_path.write_text("")
-        for stale in ("best.pt", "final.json"):  # a previous run's results must not pass for this one's
-            (run_dir / stale).unlink(missing_ok=True)
+        log.info("resumed from %s at epoch %d", state["path"], state["epoch"])
 
     loader_generator = torch.Generator()
     autoeps.set_epoch_length(len(recipe.train_loader(cfg, dataset, loader_generator)))
@@ -178,15 +230,20 @@ def train(cfg: DictConfig) -> dict:
         # Shuffling order depends only on (seed, epoch), so a resumed run sees the same batches.
         loader_generator.manual_seed(cfg.seed * 100003 + epoch)
         loader = recipe.train_loader(cfg, dataset, loader_generator)
-        stats = train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, cfg.trainer.progress)
+        monitor.start_epoch()
+        try:
+            stats = train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, show_progress, monitor)
+        except Exception as error:  # e.g. a hook's own NaN check: say so if training diverged
+            monitor.check_failure(epoch, error, classifier.model)
+            raise
+        monitor.check(epoch)
         lr = optimizer.param_groups[0]["lr"]
         lr_scheduler.step()
         val = evaluate_classifier(classifier, val_loader, cfg.schedule.eps_eval, methods=["IBP"], pgd_steps=0,
                                   progress=False)
         record = {"epoch": epoch, **stats, "lr": lr, "val_clean_error": val["clean_error"],
                   "val_verified_error": val["verified_error"], "seconds": round(time.time() - started, 2)}
-        with metrics_path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+        rundir.append_metrics(metrics_path, record)
         for key, value in record.items():
             if isinstance(value, (int, float)) and key != "epoch":
                 writer.add_scalar(key, value, epoch)
@@ -200,11 +257,13 @@ def train(cfg: DictConfig) -> dict:
             best = {"epoch": epoch, "val_verified_error": val["verified_error"]}
         is_checkpoint = epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs
         if is_checkpoint:
-            save_run_state(last_path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best)
+            save_run_state(last_path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best,
+                           monitor, rotate=True)
         if is_best and is_checkpoint:
             checkpoint.copy_atomically(last_path, best_path)
         elif is_best:
-            save_run_state(best_path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best)
+            save_run_state(best_path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best,
+                           monitor)
         if cfg.trainer.stop_after_epochs is not None and epoch >= cfg.trainer.stop_after_epochs:
             log.info("stopping after epoch %d as trainer.stop_after_epochs asks; resume with trainer.resume=true",
                      epoch)
@@ -218,20 +277,33 @@ def train(cfg: DictConfig) -> dict:
     log.info("final evaluation at eps %g on the test set", cfg.schedule.eps_eval)
     final = evaluate_classifier(classifier, recipe.test_loader(cfg), cfg.schedule.eps_eval,
                                 methods=list(cfg.eval.methods), pgd_steps=cfg.eval.pgd_steps,
-                                crown_max_relu_units=cfg.eval.crown_max_relu_units, progress=cfg.trainer.progress,
+                                crown_max_relu_units=cfg.eval.crown_max_relu_units, progress=show_progress,
                                 crown_limit_key="eval.crown_max_relu_units")
     final.update(epochs=cfg.trainer.epochs, best_epoch=best["epoch"])
-    (run_dir / "final.json").write_text(json.dumps(final, indent=2))
+    rundir.write_text_atomically(final_path, json.dumps(final, indent=2))
     log.info("final: clean err %.4f, PGD err %.4f, verified err %.4f %s%s", final["clean_error"],
              final["pgd_error"], final["verified_error"], final["verified_error_by_method"],
              f" (skipped: {final['skipped']})" if final["skipped"] else "")
     return final
 
 
+def _hydra_record(cfg: DictConfig) -> dict:
+    """What Hydra writes to .hydra/ (conf/config.yaml turns that off so that train() writes it after its checks)."""
+    hydra_cfg = OmegaConf.create(OmegaConf.to_container(HydraConfig.instance().cfg))  # a writable copy
+    hydra_cfg.hydra.output_subdir = ".hydra"  # where it is now, as Hydra would have recorded it
+    return {".hydra/config.yaml": OmegaConf.to_yaml(cfg), ".hydra/hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+            ".hydra/overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task)}
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lirpa_reweight.conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the final verified error so sweepers can minimise it."""
-    result = train(cfg)
+    try:
+        with logging_redirect_tqdm():  # on a terminal, log lines print above the bars, not into them
+            result = train(cfg, hydra_files=_hydra_record(cfg))
+    except Exception:
+        log.exception("training failed")  # the traceback goes to train.log too, not only to the terminal
+        raise
     return result.get("verified_error", float("nan"))
 
 
