@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Subset
 
 from . import checkpoint
 from .autoeps import AutoEpsScheduler
+from . import methods
 from .bounds import METHODS, BoundedClassifier, resolve_device
 from .data import DATASETS, build_dataset
 from .models import MODELS, build_model
@@ -29,7 +30,7 @@ def validate(cfg: DictConfig) -> None:
 
     need(cfg.data.name in (*DATASETS, "synthetic"), "data.name", f"one of {sorted((*DATASETS, 'synthetic'))}")
     need(cfg.model.name in MODELS, "model.name", f"one of {sorted(MODELS)}")
-    need(cfg.bound.method in METHODS[:2], "bound.method", f"one of {list(METHODS[:2])} for training")
+    need(cfg.bound.method in methods.METHODS, "bound.method", f"one of {list(methods.METHODS)} for training")
     need(cfg.trainer.epochs >= 0, "trainer.epochs", "an integer >= 0")
     need(cfg.trainer.batch_size > 0, "trainer.batch_size", "an integer > 0")
     need(cfg.schedule.eps_train >= 0, "schedule.eps_train", "a radius >= 0 (pixel units)")
@@ -44,6 +45,13 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.autoeps.maxoff >= 0, "autoeps.maxoff", "a number >= 0 (0 turns auto eps off)")
     for method in cfg.eval.methods:
         need(method in METHODS, "eval.methods", f"a list drawn from {list(METHODS)}")
+    iterations = cfg.eval.get("alpha_crown_iterations", 20)
+    need(isinstance(iterations, int) and not isinstance(iterations, bool) and iterations >= 1,
+         "eval.alpha_crown_iterations", "an integer >= 1")
+    try:
+        build_method(cfg)  # the method's own checks of its bound.* options
+    except ValueError as error:
+        raise ValueError(f"bad config under bound (bound.method={cfg.bound.method!r}): {error}") from None
 
 
 def dataset_kwargs(data_cfg: DictConfig) -> dict:
@@ -99,6 +107,15 @@ def build_hooks(cfg: DictConfig, num_examples: int, device) -> tuple[WeightedRob
     criterion = WeightedRobustLoss(gamma=cfg.reweight.gamma, alpha=cfg.reweight.alpha)
     base_scheduler = instantiate(cfg.schedule.eps_scheduler)
     return criterion, AutoEpsScheduler(base_scheduler, num_examples, maxoff=cfg.autoeps.maxoff, device=device)
+
+
+def build_method(cfg: DictConfig):
+    """The training method of ``bound.method``: its options are the other ``bound.*`` keys (CROWN-IBP's beta
+    ramp lives in ``schedule``)."""
+    options = {k: v for k, v in OmegaConf.to_container(cfg.bound, resolve=True).items() if k != "method"}
+    if cfg.bound.method == "CROWN-IBP":
+        options.update(beta_start=cfg.schedule.beta_start, beta_end=cfg.schedule.beta_end)
+    return methods.build_method(cfg.bound.method, **options)
 
 
 def build_optimization(cfg: DictConfig, classifier: BoundedClassifier):
