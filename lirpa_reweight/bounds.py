@@ -21,7 +21,7 @@ compat.apply()
 from auto_LiRPA import BoundedModule, BoundedTensor  # noqa: E402
 from auto_LiRPA.perturbations import PerturbationLpNorm  # noqa: E402
 
-METHODS = ("IBP", "CROWN-IBP", "CROWN")
+METHODS = ("IBP", "CROWN-IBP", "CROWN", "alpha-CROWN")
 
 Eps = Union[float, torch.Tensor]
 
@@ -166,19 +166,23 @@ class BoundedClassifier(nn.Module):
         return (x - eps).clamp(low, high), (x + eps).clamp(low, high)
 
     def certify(self, x: torch.Tensor, y: torch.Tensor, eps: Eps, method: str = "IBP",
-                beta: Optional[float] = None) -> CertifiedBatch:
+                beta: Optional[float] = None,
+                box: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> CertifiedBatch:
         """Clean logits and ``(B, C-1)`` margin lower bounds in one pass.
 
-        ``method`` is one of ``"IBP"``, ``"CROWN-IBP"``, ``"CROWN"``. For CROWN-IBP,
+        ``method`` is one of ``"IBP"``, ``"CROWN-IBP"``, ``"CROWN"``, ``"alpha-CROWN"``. For CROWN-IBP,
         ``beta`` mixes the bounds as in CROWN-IBP training,
-        ``beta * crown_ibp + (1 - beta) * ibp``; None means pure CROWN-IBP.
+        ``beta * crown_ibp + (1 - beta) * ibp``; None means pure CROWN-IBP. ``box``, pixel-space
+        ``(x_low, x_high)``, bounds that box instead of the eps ball (SABR's small box); the logits
+        stay those of ``x``. alpha-CROWN's bounds carry no gradient (an evaluation method; its
+        iteration count is ``bounded``'s ``optimize_bound_args``).
         """
         method = self._check_method(method, beta)
         x = x.to(self.device)
         y = y.to(self.device)
         if x.dim() < 2 or y.shape != (x.shape[0],):
             raise ValueError(f"expected x of shape (B, ...) and y of shape (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
-        x_low, x_high = self.input_box(x, eps)
+        x_low, x_high = self.input_box(x, eps) if box is None else (b.to(self.device) for b in box)
         perturbation = PerturbationLpNorm(norm=float("inf"), x_L=self.normalize(x_low), x_U=self.normalize(x_high))
         bounded_x = BoundedTensor(self.normalize(x), perturbation)
         # Forward on the BoundedTensor first, then compute_bounds without x=, so that
@@ -190,6 +194,8 @@ class BoundedClassifier(nn.Module):
         spec = margin_spec(y, num_classes)
         if method == "CROWN":
             lb, _ = self.bounded.compute_bounds(C=spec, method="CROWN", bound_upper=False)
+        elif method == "alpha-CROWN":
+            lb = self._alpha_crown(bounded_x, spec)
         elif method == "IBP" or beta == 0:
             lb, _ = self.bounded.compute_bounds(C=spec, method="IBP", bound_upper=False)
         elif beta is None or beta == 1:
@@ -205,6 +211,28 @@ class BoundedClassifier(nn.Module):
                             beta: Optional[float] = None) -> torch.Tensor:
         """``(B, C-1)`` lower bounds of ``z_y - z_j`` for ``j != y`` (class order, ``y`` skipped)."""
         return self.certify(x, y, eps, method=method, beta=beta).margin_lb
+
+    def _alpha_crown(self, bounded_x: BoundedTensor, spec: torch.Tensor) -> torch.Tensor:
+        """CROWN with its ReLU relaxation slopes optimised (auto_LiRPA's ``CROWN-Optimized``), detached.
+
+        The optimisation needs autograd even under ``no_grad``; the model's parameters are frozen
+        meanwhile so that it leaves no ``.grad`` on them.
+        """
+        # auto_LiRPA 0.3 falls back from sparse to full alphas only when verbose (an indentation slip in
+        # BoundRelu.init_opt_parameters), so a layer with over 90% unstable units crashes: use full alphas.
+        for node in getattr(self.bounded, "optimizable_activations", ()):
+            node.use_sparse_features_alpha = False
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        try:
+            for param in params:
+                param.requires_grad_(False)
+            with torch.enable_grad():
+                lb, _ = self.bounded.compute_bounds(x=(bounded_x,), C=spec, method="CROWN-Optimized",
+                                                    bound_upper=False)
+        finally:
+            for param in params:
+                param.requires_grad_(True)
+        return lb.detach()
 
     @staticmethod
     def _check_method(method: str, beta: Optional[float]) -> str:

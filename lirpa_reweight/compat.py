@@ -129,6 +129,42 @@ def _patch_average_pool_backward() -> None:
     APPLIED.append("auto_LiRPA.operators.BoundAveragePool.bound_backward")
 
 
+def _clamp_blocks_boundary_gradient() -> bool:
+    value = torch.tensor([0.0, 1.0], requires_grad=True)
+    (grad,) = torch.autograd.grad(value.clamp(0.0, 1.0).sum(), value)
+    return bool((grad == 0).all())
+
+
+def _patch_relu_alpha_clamp() -> None:
+    from auto_LiRPA.operators import BoundRelu
+
+    original = BoundRelu.__dict__.get("_relu_mask_alpha")
+    function = getattr(original, "__func__", original)
+    if (function is None or _is_ours(function) or "torch.clamp(lb_lower_d, min=0., max=1.)" not in
+            inspect.getsource(function) or not _clamp_blocks_boundary_gradient()):
+        return
+
+    # alpha-CROWN starts every slope at exactly 0 or 1 and clamps it to [0, 1]. Recent torch gives clamp a zero
+    # gradient at the boundary, so no slope would ever move: clamp the value, pass the gradient (the optimiser
+    # keeps the slopes inside [0, 1] anyway, where this is the gradient older torch gave).
+    def clamp01(slope):
+        return slope + (slope.clamp(0.0, 1.0) - slope).detach()
+
+    @functools.wraps(function)
+    def _relu_mask_alpha(lower, upper, lb_lower_d, ub_lower_d):
+        lower_mask = (lower >= 0).to(lower.dtype)
+        upper_mask = upper <= 0
+        no_mask = (1.0 - lower_mask) * (1.0 - upper_mask.to(upper.dtype))
+        if lb_lower_d is not None:
+            lb_lower_d = clamp01(lb_lower_d) * no_mask + lower_mask
+        if ub_lower_d is not None:
+            ub_lower_d = clamp01(ub_lower_d) * no_mask + lower_mask
+        return lb_lower_d, ub_lower_d, upper_mask.all()
+
+    BoundRelu._relu_mask_alpha = staticmethod(_mark(_relu_mask_alpha))
+    APPLIED.append("auto_LiRPA.operators.BoundRelu._relu_mask_alpha")
+
+
 @functools.lru_cache(maxsize=None)
 def apply() -> tuple[str, ...]:
     """Install every needed patch once; return the names of those installed."""
@@ -141,4 +177,5 @@ def apply() -> tuple[str, ...]:
     _patch_named_members()
     _patch_dropout_ratio()
     _patch_average_pool_backward()
+    _patch_relu_alpha_clamp()
     return tuple(APPLIED)

@@ -135,6 +135,12 @@ def _methods():
     return tuple(METHODS)
 
 
+def _training_methods():
+    from .methods import METHODS
+
+    return tuple(METHODS)
+
+
 def _model_names():
     from .models import MODELS
 
@@ -162,7 +168,15 @@ def train_checks() -> dict[str, Check]:
         "data.data_seed": integer(),
         # model and bound
         "model.name": choice(_model_names()),
-        "bound.method": choice(_methods()[:2]),
+        "bound.method": choice(_training_methods()),
+        # the options of SABR, CC-IBP, MTL-IBP (their own groups under conf/bound/)
+        "bound.lambda_start": number(0.0, 1.0),
+        "bound.lambda_end": number(0.0, 1.0),
+        "bound.alpha_start": fraction,
+        "bound.alpha_end": fraction,
+        "bound.attack.steps": integer(0),
+        "bound.attack.step_size": optional(number(above=0.0), "2.5 / steps, as a multiple of eps_i"),
+        "bound.attack.restarts": integer(1),
         # schedule
         "schedule.eps_train": radius,
         "schedule.eps_eval": radius,
@@ -206,6 +220,7 @@ def train_checks() -> dict[str, Check]:
         "eval.crown_max_relu_units": integer(0),
         "eval.pgd_steps": integer(0),
         "eval.batch_size": integer(1),
+        "eval.alpha_crown_iterations": integer(1),
     }
 
 
@@ -219,6 +234,7 @@ def evaluate_checks() -> dict[str, Check]:
         "num_test": optional(integer(1), "the whole test split"),
         "batch_size": integer(1),
         "pgd_steps": integer(0),
+        "alpha_crown_iterations": integer(1),
         "device": device(),
         "data_root": optional(text(), "the run's data.root"),
         "output": optional(text(), "print only"),

@@ -9,16 +9,16 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import hydra
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
 from . import recipe
+from .attacks import pgd_attack  # noqa: F401  (re-exported: evaluation's attack lives in attacks.py)
 from .bounds import METHODS, BoundedClassifier
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 #: ~0.1 s per example on CPU for cnn_4layer on MNIST (4804 units), ~10 GB per example for the 32x32 CNNs.
 #: Above this many ReLU units per example it is skipped (and the reason recorded) unless asked for.
 CROWN_MAX_RELU_UNITS = 2000
+#: The methods that bound every hidden unit by a backward pass, and so share that size rule.
+FULL_CROWN = ("CROWN", "alpha-CROWN")
+#: alpha-CROWN's optimisation steps of the ReLU slopes (auto_LiRPA's default).
+ALPHA_CROWN_ITERATIONS = 20
 
 
 def relu_units(model: nn.Module, example: torch.Tensor) -> int:
@@ -50,73 +54,60 @@ def relu_units(model: nn.Module, example: torch.Tensor) -> int:
     return count
 
 
-def pgd_attack(classifier: BoundedClassifier, x: torch.Tensor, y: torch.Tensor, eps: float,
-               steps: int = 20, restarts: int = 1, step_size: Optional[float] = None) -> torch.Tensor:
-    """L-inf PGD on the cross-entropy, in pixel space, clamped to the data range.
-
-    Returns a boolean ``(B,)`` tensor: True where some restart found a misclassified point.
-    """
-    low, high = classifier.data_range
-    step_size = 2.5 * eps / max(steps, 1) if step_size is None else step_size
-    fooled = classifier(x).argmax(1) != y
-    if eps == 0 or steps == 0:
-        return fooled
-    x_low, x_high = (x - eps).clamp(low, high), (x + eps).clamp(low, high)
-    for _ in range(restarts):
-        delta = torch.empty_like(x).uniform_(-eps, eps)
-        x_adv = torch.max(torch.min(x + delta, x_high), x_low)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            loss = F.cross_entropy(classifier(x_adv), y)
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = torch.max(torch.min(x_adv.detach() + step_size * grad.sign(), x_high), x_low)
-        with torch.no_grad():
-            fooled |= classifier(x_adv).argmax(1) != y
-    return fooled
-
-
 def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: float,
                         methods: Sequence[str] = ("IBP", "CROWN-IBP"), pgd_steps: int = 20,
                         crown_batch_size: int = 16, crown_max_relu_units: int = CROWN_MAX_RELU_UNITS,
-                        progress: bool = True, crown_limit_key: str = "crown_max_relu_units") -> dict:
+                        alpha_crown_iterations: int = ALPHA_CROWN_ITERATIONS, progress: bool = True,
+                        crown_limit_key: str = "crown_max_relu_units") -> dict:
     """Errors on ``batches`` of ``(x, y, index)`` at radius ``eps`` (pixel units).
 
     An example counts as verified when every margin lower bound is positive; ``verified_error``
     counts an example as verified if any of the methods verifies it. CROWN is skipped, with the
-    reason recorded, when the model is too large for it; ``crown_limit_key`` is the name the caller's
-    user knows the limit by (``eval.crown_max_relu_units`` in train), quoted in the reason. When no
+    reason recorded, when the model is too large for it (alpha-CROWN likewise); ``crown_limit_key`` is the name
+    the caller's user knows the limit by (``eval.crown_max_relu_units`` in train), quoted in the reason. When no
     requested method ran, ``verified_error`` is None and ``verified_error_reason`` says why.
+    ``verified_by`` counts, per method in the order given, the examples it verified that no earlier
+    method had: which verifier certified each number.
     """
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown bound method {method!r}; allowed: {list(METHODS)}")
+    if "alpha-CROWN" in methods:
+        if isinstance(alpha_crown_iterations, bool) or not isinstance(alpha_crown_iterations, int) \
+                or alpha_crown_iterations < 1:
+            raise ValueError(f"alpha_crown_iterations must be an integer >= 1, got {alpha_crown_iterations!r}")
+        classifier.bounded.set_bound_opts({"optimize_bound_args": {"iteration": alpha_crown_iterations}})
     classifier.eval()
     methods = list(methods)
     skipped = {}
     counts = {"examples": 0, "clean": 0, "pgd": 0, "any_verified": 0, **{m: 0 for m in methods}}
+    first_verified_by = {m: 0 for m in methods}
     started = time.time()
     for x, y, _ in tqdm(batches, desc=f"evaluate eps={eps:g}", disable=not progress, leave=False):
         x, y = x.to(classifier.device), y.to(classifier.device)
-        if "CROWN" in methods and counts["examples"] == 0:  # the model's size is known from the first batch
+        full_crown = [m for m in methods if m in FULL_CROWN]
+        if full_crown and counts["examples"] == 0:  # the model's size is known from the first batch
             units = relu_units(classifier.model, classifier.normalize(x))
             if units > crown_max_relu_units:
-                skipped["CROWN"] = (f"the model has {units} ReLU units per example, above the limit of "
-                                    f"{crown_max_relu_units} ({crown_limit_key}): full CROWN costs about "
-                                    "0.1 s per example on CPU at 5000 units and grows with the model; raise the limit "
-                                    "to run it anyway")
-                log.warning("CROWN skipped: %s", skipped["CROWN"])
+                for method in full_crown:
+                    skipped[method] = (f"the model has {units} ReLU units per example, above the limit of "
+                                       f"{crown_max_relu_units} ({crown_limit_key}): full CROWN costs about "
+                                       "0.1 s per example on CPU at 5000 units and grows with the model; raise the "
+                                       "limit to run it anyway")
+                    log.warning("%s skipped: %s", method, skipped[method])
         verified_any = torch.zeros_like(y, dtype=torch.bool)
         with torch.no_grad():
             for method in methods:
                 if method in skipped:
                     continue
                 # Full CROWN's memory grows with the batch, so it runs in small chunks.
-                chunk = crown_batch_size if method == "CROWN" else len(y)
+                chunk = crown_batch_size if method in FULL_CROWN else len(y)
                 verified = torch.cat([
                     (classifier.margin_lower_bounds(x[i:i + chunk], y[i:i + chunk], eps, method) > 0).all(1)
                     for i in range(0, len(y), chunk)
                 ])
                 counts[method] += int(verified.sum())
+                first_verified_by[method] += int((verified & ~verified_any).sum())
                 verified_any |= verified
             counts["clean"] += int((classifier(x).argmax(1) != y).sum())
         with torch.enable_grad():
@@ -135,6 +126,7 @@ def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: f
         # Nothing verified is not 100% verified error: with no method run there is no verified error at all.
         "verified_error": 1 - counts["any_verified"] / total if ran else None,
         "verified_error_by_method": {m: (None if m in skipped else 1 - counts[m] / total) for m in methods},
+        "verified_by": {m: (None if m in skipped else first_verified_by[m]) for m in methods},
         "skipped": skipped,
         "seconds": round(time.time() - started, 2),
     }
@@ -156,6 +148,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     loader = recipe.test_loader(run_cfg, num_examples=cfg.num_test, batch_size=cfg.batch_size)
     result = evaluate_classifier(classifier, loader, eps, methods=list(cfg.methods), pgd_steps=cfg.pgd_steps,
                                  crown_max_relu_units=cfg.crown_max_relu_units,
+                                 alpha_crown_iterations=cfg.alpha_crown_iterations,
                                  crown_limit_key="crown_max_relu_units")
     result["checkpoint"] = str(Path(cfg.checkpoint).resolve())
     return result

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Subset
 
 from . import checkpoint, config_checks
 from .autoeps import AutoEpsScheduler
+from . import methods
 from .bounds import BoundedClassifier, resolve_device
 from .data import build_dataset
 from .models import build_model
@@ -24,6 +25,10 @@ def validate(cfg: DictConfig) -> None:
     """Refuse a bad training config before any work starts, naming the key, the value and what is allowed
     (the table of every key is in ``config_checks``)."""
     config_checks.check_train_config(cfg)
+    try:
+        build_method(cfg)  # the method's own checks of its bound.* options
+    except ValueError as error:
+        raise ValueError(f"bad config under bound (bound.method={cfg.bound.method!r}): {error}") from None
 
 
 def validate_evaluate(cfg: DictConfig) -> None:
@@ -88,6 +93,15 @@ def build_hooks(cfg: DictConfig, num_examples: int, device) -> tuple[WeightedRob
     criterion = WeightedRobustLoss(gamma=gamma, alpha=cfg.reweight.alpha)
     base_scheduler = instantiate(cfg.schedule.eps_scheduler)
     return criterion, AutoEpsScheduler(base_scheduler, num_examples, maxoff=maxoff, device=device)
+
+
+def build_method(cfg: DictConfig):
+    """The training method of ``bound.method``: its options are the other ``bound.*`` keys (CROWN-IBP's beta
+    ramp lives in ``schedule``)."""
+    options = {k: v for k, v in OmegaConf.to_container(cfg.bound, resolve=True).items() if k != "method"}
+    if cfg.bound.method == "CROWN-IBP":
+        options.update(beta_start=cfg.schedule.beta_start, beta_end=cfg.schedule.beta_end)
+    return methods.build_method(cfg.bound.method, **options)
 
 
 def build_optimization(cfg: DictConfig, classifier: BoundedClassifier):

@@ -74,12 +74,19 @@ class WeightedRobustLoss(nn.Module):
         return torch.exp(-self.gamma * margin.abs()) + self.alpha
 
     def forward(self, lb: torch.Tensor, clean_logits: Optional[torch.Tensor] = None,
-                y: Optional[torch.Tensor] = None, kappa: float = 0.0) -> torch.Tensor:
+                y: Optional[torch.Tensor] = None, kappa: float = 0.0,
+                robust_losses: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The scalar loss for margin lower bounds ``lb`` ``(B, C-1)``.
 
         ``clean_logits`` ``(B, C)`` and labels ``y`` ``(B,)`` are needed only when ``kappa > 0``.
+        ``robust_losses`` ``(B,)``, when given, are the per-example robust losses to weight in place of
+        the CE of ``[0, -lb]`` (a method whose loss is not one CE, e.g. MTL-IBP); the weights still come
+        from the eq. 6 margins of ``lb``.
         """
         kappa = self._check_inputs(lb, clean_logits, y, kappa)
+        if robust_losses is not None and tuple(robust_losses.shape) != (lb.shape[0],):
+            raise ValueError(f"robust_losses must be ({lb.shape[0]},) to match lb {tuple(lb.shape)}, "
+                             f"got {tuple(robust_losses.shape)}")
         with torch.no_grad():
             margin = bound_margin(lb.detach())
             weight = self.weights(margin)
@@ -88,7 +95,8 @@ class WeightedRobustLoss(nn.Module):
             else:
                 # Same as weight / weight.sum(), but cannot underflow to 0 / 0 for a large gamma.
                 share = torch.softmax(-self.gamma * margin.abs(), dim=0)
-        robust_losses = robust_cross_entropy(lb)
+        if robust_losses is None:
+            robust_losses = robust_cross_entropy(lb)
         self.last_margins, self.last_weights, self.last_robust_losses = margin, weight, robust_losses.detach()
         robust = (share * robust_losses).sum()
         if kappa == 0.0:

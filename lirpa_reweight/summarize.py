@@ -28,7 +28,7 @@ NON_TRAINING_KEYS = ("seed", "run_dir", "trainer.resume", "trainer.device", "tra
 # Hydra's own settings (launcher, sweep and run directories, ...) never change the training either.
 NON_TRAINING_PREFIXES = ("hydra.", "hydra/")
 # Column order for --by-method; methods outside this list follow in the order found.
-METHOD_ORDER = ("IBP", "CROWN-IBP", "CROWN")
+METHOD_ORDER = ("IBP", "CROWN-IBP", "CROWN", "alpha-CROWN")
 # The hook groups and the key that gave each its strength before groups had an ``enabled`` switch (runs written
 # then trained with the hook whenever that value was above 0, whatever the group was called).
 HOOK_GROUPS = {"reweight": "gamma", "autoeps": "maxoff"}
@@ -473,7 +473,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lirpa_reweight.summarize", description=__doc__.split("\n")[0])
     parser.add_argument("dir", type=Path, help="a multirun (or outputs) directory, or one run directory")
     parser.add_argument("--by-method", action="store_true",
-                        help="add a verified-error column per bound method (IBP, CROWN-IBP, CROWN)")
+                        help="add a verified-error column per bound method (IBP, CROWN-IBP, CROWN, alpha-CROWN)")
     parser.add_argument("--paired-to", default=None, metavar="SETTING",
                         help="baseline row, e.g. 'reweight=off autoeps=off': add each row's same-seed difference "
                              "in verified error to it (mean ± std over the seeds both have)")

@@ -46,10 +46,15 @@ if not OmegaConf.has_resolver("run_dirname"):
     OmegaConf.register_new_resolver("run_dirname", run_dirname)
 
 
+def ramp_progress(cfg: DictConfig, eps_base: float) -> float:
+    """How far the eps ramp is, in [0, 1]: what kappa, beta and the methods' coefficients move with."""
+    eps_train = cfg.schedule.eps_train
+    return min(eps_base / eps_train, 1.0) if eps_train > 0 else 1.0
+
+
 def schedule_factors(cfg: DictConfig, eps_base: float) -> tuple[float, float]:
     """kappa (clean-loss weight) and CROWN-IBP beta, moved linearly with the eps ramp, as in CROWN-IBP training."""
-    eps_train = cfg.schedule.eps_train
-    progress = min(eps_base / eps_train, 1.0) if eps_train > 0 else 1.0
+    progress = ramp_progress(cfg, eps_base)
     kappa = cfg.schedule.kappa_start + (cfg.schedule.kappa_end - cfg.schedule.kappa_start) * progress
     beta = cfg.schedule.beta_start + (cfg.schedule.beta_end - cfg.schedule.beta_start) * progress
     return kappa, beta
@@ -82,6 +87,7 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
     autoeps.step_epoch()
     meter = EpochMeter(classifier.device)
     method = cfg.bound.method
+    train_method = recipe.build_method(cfg)
     for x, y, index in tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False):
         # index stays where the loader made it (CPU): AutoEpsScheduler checks it there without a GPU sync.
         x, y = x.to(classifier.device, non_blocking=True), y.to(classifier.device, non_blocking=True)
@@ -89,8 +95,10 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
         eps_base = autoeps.get_eps()
         kappa, beta = schedule_factors(cfg, eps_base)
         eps = autoeps.eps(index)
-        logits, lb = classifier.certify(x, y, eps, method=method, beta=beta if method == "CROWN-IBP" else None)
-        loss = criterion(lb, logits, y, kappa=kappa)
+        # The method's margins go to both hooks unchanged (see lirpa_reweight/methods/).
+        ramp = ramp_progress(cfg, eps_base)
+        logits, lb, robust_losses = train_method(classifier, x, y, eps, ramp)
+        loss = criterion(lb, logits, y, kappa=kappa, robust_losses=robust_losses)
         if monitor is not None:
             monitor.observe(loss)  # device-side; read at the epoch's end
         autoeps.update(index, criterion.last_margins)  # eq. 6 margins at each example's own eps
@@ -104,6 +112,7 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
     stats = meter.read()
     stats.update(eps_base=autoeps.get_eps(), kappa=kappa, beta=beta if method == "CROWN-IBP" else None,
                  **{f"autoeps_{k}": v for k, v in autoeps.stats().items()})
+    stats.update(train_method.coefficients(ramp))  # e.g. SABR's lambda, CC-/MTL-IBP's alpha
     return stats
 
 
@@ -277,7 +286,8 @@ def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict) -> dict:
     log.info("final evaluation at eps %g on the test set", cfg.schedule.eps_eval)
     final = evaluate_classifier(classifier, recipe.test_loader(cfg), cfg.schedule.eps_eval,
                                 methods=list(cfg.eval.methods), pgd_steps=cfg.eval.pgd_steps,
-                                crown_max_relu_units=cfg.eval.crown_max_relu_units, progress=show_progress,
+                                crown_max_relu_units=cfg.eval.crown_max_relu_units,
+                                alpha_crown_iterations=cfg.eval.alpha_crown_iterations, progress=show_progress,
                                 crown_limit_key="eval.crown_max_relu_units")
     final.update(epochs=cfg.trainer.epochs, best_epoch=best["epoch"])
     rundir.write_text_atomically(final_path, json.dumps(final, indent=2))

@@ -121,7 +121,7 @@ def test_per_example_eps_equal_entries_equal_float_eps_and_stay_per_example(clas
     assert (changed[1] < as_float[1]).all()  # a larger radius loosens example 1's bound
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "alpha-CROWN"])  # alpha-CROWN: evaluation only
 def test_gradients_reach_the_wrapped_model(method):
     model = small_cnn().train()
     classifier = BoundedClassifier(model, torch.rand(3, 1, 8, 8))

@@ -46,7 +46,14 @@ BAD_TRAIN_VALUES = {
     "data.num_classes": [1, 2.0],
     "data.data_seed": [0.5],
     "model.name": ["resnet9000", None],
-    "bound.method": ["CROWN", "ibp"],
+    "bound.method": ["CROWN", "ibp", "alpha-CROWN"],
+    "bound.lambda_start": [-0.1, 1.5, "big"],
+    "bound.lambda_end": [2],
+    "bound.alpha_start": [-1, "half"],
+    "bound.alpha_end": [1.1],
+    "bound.attack.steps": [-1, 2.5],
+    "bound.attack.step_size": [0, -1.0, "x"],
+    "bound.attack.restarts": [0, 1.5],
     "schedule.eps_train": [-0.1, "abc", math.inf],
     "schedule.eps_eval": ["abc", -1, None, math.nan],
     "schedule.allow_eval_above_train": ["true"],
@@ -85,6 +92,7 @@ BAD_TRAIN_VALUES = {
     "eval.crown_max_relu_units": [-1, 1e3],
     "eval.pgd_steps": [-1, 2.5],
     "eval.batch_size": [0],
+    "eval.alpha_crown_iterations": [0, 2.5],
 }
 
 BAD_EVALUATE_VALUES = {
@@ -95,6 +103,7 @@ BAD_EVALUATE_VALUES = {
     "num_test": [0, 1.5],
     "batch_size": [0],
     "pgd_steps": [-2],
+    "alpha_crown_iterations": [0, "many"],
     "device": ["banana", "cuda:99"],
     "data_root": [7],
     "output": [1],
@@ -138,7 +147,10 @@ def good_evaluate_cfg():
 
 @pytest.mark.parametrize("key", sorted(BAD_TRAIN_VALUES))
 def test_a_bad_value_of_any_training_key_is_refused_naming_key_and_value(key, good_train_cfg):
-    good = good_train_cfg
+    # A method's own options exist only in its bound group.
+    group = {"bound.lambda": "bound=sabr", "bound.attack": "bound=sabr", "bound.alpha": "bound=cc_ibp"}
+    extra = [g for prefix, g in group.items() if key.startswith(prefix)]
+    good = composed(["data=synthetic", *extra]) if extra else good_train_cfg
     for bad in BAD_TRAIN_VALUES[key]:
         cfg = good.copy()
         OmegaConf.update(cfg, key, bad, merge=False)

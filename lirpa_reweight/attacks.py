@@ -1,0 +1,79 @@
+"""The package's one L-inf PGD attack, used by evaluation and by the training methods that need one.
+
+Per-example radii are first-class: ``eps`` is a float or a ``(B,)`` tensor (pixel units), and the
+step size is a multiple of each example's own radius, so an example trained at a smaller eps_i
+(auto eps) is attacked inside its own ball.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+Eps = Union[float, torch.Tensor]
+
+
+class Attack(NamedTuple):
+    """What :func:`pgd` found."""
+
+    x_adv: torch.Tensor  # (B, ...) the point of highest cross-entropy seen, inside each example's ball
+    fooled: torch.Tensor  # (B,) bool: some restart's final point is misclassified (all False for 0 steps)
+
+
+def _per_pixel(eps: Eps, x: torch.Tensor) -> torch.Tensor:
+    eps = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    return eps.view((-1,) + (1,) * (x.dim() - 1)) if eps.dim() == 1 else eps
+
+
+def pgd(classifier, x: torch.Tensor, y: torch.Tensor, eps: Eps, steps: int = 20, restarts: int = 1,
+        step_size: Optional[float] = None) -> Attack:
+    """L-inf PGD on the cross-entropy, in pixel space, inside each ball clamped to the data range.
+
+    Args:
+        classifier: maps pixel-space input to logits and has ``data_range`` (a ``BoundedClassifier``).
+        eps: a float or ``(B,)`` radii.
+        steps: gradient-sign steps per restart; 0 returns the clean ``x`` (no random start).
+        restarts: independent random starts; the point of highest loss is kept per example.
+        step_size: each step's move as a multiple of the example's eps; None gives ``2.5 / steps``.
+
+    Runs in whatever train/eval mode the classifier is in, computes no parameter gradients and
+    does not synchronise with the device (a radius of 0 simply leaves the example at ``x``).
+    """
+    if steps < 0 or restarts < 1:
+        raise ValueError(f"PGD needs steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    low, high = classifier.data_range
+    radius = _per_pixel(eps, x)
+    fooled = torch.zeros_like(y, dtype=torch.bool)
+    if steps == 0:
+        return Attack(x.detach(), fooled)
+    step = radius * (2.5 / steps if step_size is None else float(step_size))
+    x_low, x_high = (x - radius).clamp(low, high), (x + radius).clamp(low, high)
+    best_x, best_loss = x.detach(), torch.full_like(y, -float("inf"), dtype=x.dtype)
+    for _ in range(restarts):
+        start = x + torch.empty_like(x).uniform_(-1.0, 1.0) * radius
+        x_adv = torch.max(torch.min(start, x_high), x_low)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = F.cross_entropy(classifier(x_adv), y)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = torch.max(torch.min(x_adv.detach() + step * grad.sign(), x_high), x_low)
+        with torch.no_grad():
+            logits = classifier(x_adv)
+            losses = F.cross_entropy(logits, y, reduction="none")
+            fooled |= logits.argmax(1) != y
+            better = losses > best_loss
+            best_loss = torch.where(better, losses, best_loss)
+            best_x = torch.where(better.view((-1,) + (1,) * (x.dim() - 1)), x_adv, best_x)
+    return Attack(best_x.detach(), fooled)
+
+
+def pgd_attack(classifier, x: torch.Tensor, y: torch.Tensor, eps: Eps, steps: int = 20, restarts: int = 1,
+               step_size: Optional[float] = None) -> torch.Tensor:
+    """Evaluation's view of :func:`pgd`: a boolean ``(B,)``, True where the clean point or some restart is
+    misclassified."""
+    with torch.no_grad():
+        fooled = classifier(x).argmax(1) != y
+    if isinstance(eps, (int, float)) and eps == 0:
+        return fooled
+    return fooled | pgd(classifier, x, y, eps, steps=steps, restarts=restarts, step_size=step_size).fooled

@@ -1,0 +1,35 @@
+"""CC-IBP (De Palma et al., ICLR 2024): one CE on the convex combination of adversarial and IBP margins.
+
+``margin_lb = (1 - a) * (z_y - z_j)(x_adv) + a * ibp_lb``, the worst-case logit differences the loss
+trains on (``a = 1``: IBP; ``a = 0``: adversarial training). The attack runs inside each example's own
+eps_i ball.
+
+What the hooks see: those mixed margins, as they are the logits of CC-IBP's cross-entropy:
+``WeightedRobustLoss`` computes the robust CE of ``[0, -margin_lb]`` (exactly CC-IBP's loss) and weights
+examples by the eq. 6 margin of the same logits; ``AutoEpsScheduler`` shrinks eps_i where the mixed
+margin is negative. They are a certificate only at ``a = 1``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .common import AttackSettings, MethodOutput, adversarial_point, check_coefficient, logit_margins, ramp
+
+
+class CCIBP:
+    name = "CC-IBP"
+
+    def __init__(self, alpha_start: float = 0.5, alpha_end: Optional[float] = None, attack: Optional[dict] = None):
+        self.alpha_start = check_coefficient("alpha_start", alpha_start)
+        self.alpha_end = self.alpha_start if alpha_end is None else check_coefficient("alpha_end", alpha_end)
+        self.attack = AttackSettings.from_options(attack)
+
+    def __call__(self, classifier, x, y, eps, progress: float = 1.0) -> MethodOutput:
+        a = ramp(self.alpha_start, self.alpha_end, progress)
+        x_adv = adversarial_point(classifier, x, y, eps, self.attack)
+        logits, ibp_lb = classifier.certify(x, y, eps, method="IBP")
+        adv_margins = logit_margins(classifier(x_adv), y.to(logits.device))
+        return MethodOutput(logits, (1.0 - a) * adv_margins + a * ibp_lb)
+
+    def coefficients(self, progress: float) -> dict:
+        return {"alpha": ramp(self.alpha_start, self.alpha_end, progress)}

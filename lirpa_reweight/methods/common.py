@@ -1,0 +1,88 @@
+"""What the training methods share: their output, coefficient ramps, the adversarial point and logit margins.
+
+Nothing here knows the tactics: a method returns margins and (optionally) per-example losses, and the
+loop hands them to ``WeightedRobustLoss`` and ``AutoEpsScheduler``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..attacks import pgd
+from ..bounds import worst_case_logits_true_first
+
+
+class MethodOutput(NamedTuple):
+    """One training step's view of a batch under a method."""
+
+    logits: torch.Tensor  # (B, C) clean logits (the kappa-weighted clean loss and the error meter use them)
+    margin_lb: torch.Tensor  # (B, C-1) margins the loss trains on; eq. 6 weights and auto eps read them
+    robust_losses: Optional[torch.Tensor] = None  # (B,) per-example robust losses, when not CE of [0, -margin_lb]
+
+
+def check_coefficient(name: str, value) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    return value
+
+
+def ramp(start: float, end: float, progress: float) -> float:
+    """A coefficient moved linearly with the eps ramp: ``start`` at eps 0, ``end`` once eps_train is reached."""
+    return start + (end - start) * progress
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """The training attack (:func:`lirpa_reweight.attacks.pgd`): steps, step size (a multiple of eps_i), restarts."""
+
+    steps: int = 1
+    step_size: Optional[float] = None
+    restarts: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"attack.steps must be an integer >= 0, got {self.steps!r}")
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 1:
+            raise ValueError(f"attack.restarts must be an integer >= 1, got {self.restarts!r}")
+        if self.step_size is not None and not (math.isfinite(float(self.step_size)) and self.step_size > 0):
+            raise ValueError(f"attack.step_size must be a number > 0 (a multiple of eps) or null, got {self.step_size!r}")
+
+    @classmethod
+    def from_options(cls, options: Optional[dict]) -> "AttackSettings":
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"steps", "step_size", "restarts"})
+        if unknown:
+            raise ValueError(f"unknown attack option(s) {unknown}; allowed: steps, step_size, restarts")
+        return cls(**options)
+
+
+def adversarial_point(classifier, x: torch.Tensor, y: torch.Tensor, eps, attack: AttackSettings) -> torch.Tensor:
+    """A PGD point inside each example's own ball of radius ``eps_i``; the clean ``x`` for a 0-step attack.
+
+    The attack runs in eval mode, so that it neither uses nor updates train-mode BatchNorm statistics
+    (as CTRAIN and SABR's code do); the caller's mode is restored.
+    """
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        return pgd(classifier, x, y, eps, steps=attack.steps, restarts=attack.restarts,
+                   step_size=attack.step_size).x_adv
+    finally:
+        classifier.train(was_training)
+
+
+def logit_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(B, C-1)`` margins ``z_y - z_j`` for ``j != y``, class order with ``y`` skipped (the layout of bounds)."""
+    others = y.unsqueeze(1) != torch.arange(logits.shape[1], device=logits.device).unsqueeze(0)
+    return (logits.gather(1, y.unsqueeze(1)) - logits)[others].view(logits.shape[0], -1)
+
+
+def margin_cross_entropy(margins: torch.Tensor) -> torch.Tensor:
+    """Per-example CE of the logit vector ``[0, -margins]`` (true class first): the loss of IBP training."""
+    return F.cross_entropy(worst_case_logits_true_first(margins),
+                           margins.new_zeros(margins.shape[0], dtype=torch.long), reduction="none")

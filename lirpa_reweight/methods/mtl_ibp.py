@@ -1,0 +1,38 @@
+"""MTL-IBP (De Palma et al., ICLR 2024): per example ``(1 - a) * CE(z(x_adv), y) + a * CE_IBP``.
+
+The loss is a mix of two cross-entropies, not the CE of one logit vector, so the method hands over
+the per-example losses (``robust_losses``) beside the margins. The attack runs inside each example's
+own eps_i ball.
+
+What the hooks see: ``margin_lb`` are the IBP margins over the eps_i ball, those of the certified
+part of the loss. ``WeightedRobustLoss`` weights each example's MTL-IBP loss by the eq. 6 margin of
+its IBP worst-case logits (how close it is to being certified), and ``AutoEpsScheduler`` shrinks eps_i
+for examples IBP does not certify, as it does for IBP: the radius is tuned to what is verified, the
+quantity MTL-IBP is trained to raise.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn.functional as F
+
+from .common import AttackSettings, MethodOutput, adversarial_point, check_coefficient, margin_cross_entropy, ramp
+
+
+class MTLIBP:
+    name = "MTL-IBP"
+
+    def __init__(self, alpha_start: float = 0.5, alpha_end: Optional[float] = None, attack: Optional[dict] = None):
+        self.alpha_start = check_coefficient("alpha_start", alpha_start)
+        self.alpha_end = self.alpha_start if alpha_end is None else check_coefficient("alpha_end", alpha_end)
+        self.attack = AttackSettings.from_options(attack)
+
+    def __call__(self, classifier, x, y, eps, progress: float = 1.0) -> MethodOutput:
+        a = ramp(self.alpha_start, self.alpha_end, progress)
+        x_adv = adversarial_point(classifier, x, y, eps, self.attack)
+        logits, ibp_lb = classifier.certify(x, y, eps, method="IBP")
+        adv_losses = F.cross_entropy(classifier(x_adv), y.to(logits.device), reduction="none")
+        return MethodOutput(logits, ibp_lb, (1.0 - a) * adv_losses + a * margin_cross_entropy(ibp_lb))
+
+    def coefficients(self, progress: float) -> dict:
+        return {"alpha": ramp(self.alpha_start, self.alpha_end, progress)}

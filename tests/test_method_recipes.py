@@ -1,0 +1,78 @@
+"""The SABR / CC-IBP / MTL-IBP presets compose (also with both tactics on), and every method trains through
+``lirpa_reweight.train`` on synthetic data."""
+import json
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from lirpa_reweight import recipe
+from lirpa_reweight.methods import CCIBP, MTLIBP, SABR
+from lirpa_reweight.train import train
+
+PRESETS = {  # preset: (method, coefficient key, value, eps_eval, model, epochs)
+    "cifar_sabr": ("SABR", "lambda_start", 0.7, 8 / 255, "cnn_7layer", 160),
+    "cifar_sabr_2_255": ("SABR", "lambda_start", 0.1, 2 / 255, "cnn_7layer", 160),
+    "cifar_ccibp": ("CC-IBP", "alpha_start", 0.5, 8 / 255, "cnn_7layer", 160),
+    "cifar_ccibp_2_255": ("CC-IBP", "alpha_start", 0.01, 2 / 255, "cnn_7layer", 160),
+    "cifar_mtlibp": ("MTL-IBP", "alpha_start", 0.5, 8 / 255, "cnn_7layer", 160),
+    "cifar_mtlibp_2_255": ("MTL-IBP", "alpha_start", 0.01, 2 / 255, "cnn_7layer", 160),
+    "mnist_sabr": ("SABR", "lambda_start", 0.6, 0.3, "cnn_4layer", 6),
+    "mnist_ccibp": ("CC-IBP", "alpha_start", 0.5, 0.3, "cnn_4layer", 6),
+    "mnist_mtlibp": ("MTL-IBP", "alpha_start", 0.5, 0.3, "cnn_4layer", 6),
+}
+CLASSES = {"SABR": SABR, "CC-IBP": CCIBP, "MTL-IBP": MTLIBP}
+
+TINY = [
+    "data=synthetic", "data.in_shape=[1,10,10]", "data.num_train=96", "data.num_test=32",
+    "trainer.batch_size=48", "trainer.val_examples=32", "trainer.progress=false", "trainer.epochs=2",
+    "schedule.eps_train=0.05", "schedule.eps_eval=0.03", "schedule.eps_scheduler.opt_str='start=1,length=2,mid=0.4'",
+    "eval.methods=[IBP]", "eval.pgd_steps=2", "reweight=on", "autoeps=on",
+]
+
+
+def compose_run(overrides):
+    with initialize_config_module(config_module="lirpa_reweight.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    cfg.run_dir = "unused"
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("tactics", [[], ["reweight=on", "autoeps=on"]])
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_method_presets_compose_validate_and_build_their_method(preset, tactics):
+    method, key, value, eps_eval, model, epochs = PRESETS[preset]
+    cfg = compose_run([f"+experiment={preset}", *tactics])
+    recipe.validate(cfg)
+    assert cfg.name == preset and cfg.bound.method == method and cfg.bound[key] == value
+    assert cfg.model.name == model and cfg.trainer.epochs == epochs
+    assert cfg.schedule.eps_eval == pytest.approx(eps_eval) and cfg.schedule.eps_train >= cfg.schedule.eps_eval
+    assert (cfg.reweight.gamma > 0) == bool(tactics) and (cfg.autoeps.maxoff > 0) == bool(tactics)
+    built = recipe.build_method(cfg)
+    assert isinstance(built, CLASSES[method]) and built.attack.steps >= 1
+
+
+def test_bad_method_options_are_refused_before_training():
+    with pytest.raises(ValueError, match=r"bound.lambda_start=1.5: a number in \[0, 1\]"):
+        recipe.validate(compose_run(["+experiment=mnist_sabr", "bound.lambda_start=1.5"]))
+    with pytest.raises(ValueError, match=r"bound.attack.steps=-1: an integer >= 0"):
+        recipe.validate(compose_run(["bound=cc_ibp", "bound.attack.steps=-1"]))
+    with pytest.raises(ValueError, match="bound.method"):
+        recipe.validate(compose_run(["bound.method=TAPS"]))
+    with pytest.raises(ValueError, match="eval.alpha_crown_iterations"):
+        recipe.validate(compose_run(["eval.alpha_crown_iterations=0"]))
+
+
+@pytest.mark.parametrize("preset, coefficient", [("mnist_sabr", "sabr_lambda"), ("mnist_ccibp", "alpha"),
+                                                 ("mnist_mtlibp", "alpha")])
+def test_every_new_method_trains_through_the_cli_function(tmp_path, preset, coefficient):
+    cfg = compose_run([f"+experiment={preset}", *TINY])
+    cfg.run_dir = str(tmp_path)
+    final = train(cfg)
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert metrics[-1][coefficient] == PRESETS[preset][2]
+    assert all(0 < m["loss"] < 20 for m in metrics) and metrics[-1]["autoeps_mean_offset"] >= 0
+    assert 0 <= final["verified_error"] <= 1 and final["verified_by"]["IBP"] is not None
+    assert json.loads((tmp_path / "final.json").read_text())["verified_by"] == final["verified_by"]
