@@ -1,5 +1,6 @@
 """Cluster sweeps and search: the SLURM launcher presets, a submitit sweep, Optuna searches and their summary."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import submitit
 import yaml
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from lirpa_reweight import train as train_module
 from lirpa_reweight.optuna_results import read_optuna_results
@@ -131,8 +133,8 @@ def test_objectives_are_checked_and_returned_as_a_sweeper_needs():
     final = {"clean_error": 0.25, "verified_error": 0.5, "pgd_error": None}
     assert train_module.objective_values(["verified_error"], final) == 0.5
     assert train_module.objective_values(["clean_error", "verified_error"], final) == [0.25, 0.5]
-    assert train_module.objective_values(["verified_error"], {"stopped_at_epoch": 1}) != 0.5  # NaN: no final
-    from omegaconf import OmegaConf
+    assert math.isnan(train_module.objective_values(["verified_error"], {"stopped_at_epoch": 1}))  # no final
+    assert math.isnan(train_module.objective_values(["clean_error", "pgd_error"], final)[1])  # PGD off
     assert train_module.sweep_objectives(OmegaConf.create({})) == ["verified_error"]
     for bad in (["verified"], [], "verified_error"):
         with pytest.raises(ValueError, match=r"objectives=.*clean_error.*verified_error"):
