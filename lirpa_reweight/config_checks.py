@@ -156,6 +156,7 @@ def train_checks() -> dict[str, Check]:
         "seed": integer(),
         "run_dir": text(),
         "sweep_name": optional(text(), "name the sweep directory by its launch time"),
+        "objectives": method_list(("clean_error", "pgd_error", "verified_error")),
         # data
         "data.name": choice(_data_names()),
         "data.root": optional(text(), "the default data directory"),

@@ -25,7 +25,7 @@ os.umask(_UMASK)
 # when it stops early or checkpoints, how it is finally evaluated, and the divergence guard. A resume may change
 # them (config.yaml then records the new values); trainer.epochs may change too, but not below the checkpoint.
 RESUME_MAY_CHANGE = (
-    "name", "run_dir", "sweep_name", "data.root", "data.download", "trainer.resume", "trainer.device",
+    "name", "run_dir", "sweep_name", "objectives", "data.root", "data.download", "trainer.resume", "trainer.device",
     "trainer.workers", "trainer.progress", "trainer.stop_after_epochs", "trainer.checkpoint_every",
     "trainer.divergence_factor", "trainer.epochs", "eval.",
 )

@@ -22,9 +22,11 @@ from typing import Optional
 
 import yaml
 
+from .optuna_results import format_optuna_results, matches, read_optuna_results
+
 # Overrides that do not change what is trained: runs differing only in these are seeds of one setting.
 NON_TRAINING_KEYS = ("seed", "run_dir", "trainer.resume", "trainer.device", "trainer.workers", "trainer.progress",
-                     "trainer.stop_after_epochs", "trainer.checkpoint_every", "data.root")
+                     "trainer.stop_after_epochs", "trainer.checkpoint_every", "data.root", "objectives")
 # Hydra's own settings (launcher, sweep and run directories, ...) never change the training either.
 NON_TRAINING_PREFIXES = ("hydra.", "hydra/")
 # Column order for --by-method; methods outside this list follow in the order found.
@@ -469,6 +471,20 @@ def write_csv(path: Path, rows: list[Row]) -> None:
             writer.writerow(record)
 
 
+def optuna_section(root: Path, rows: list[Row]) -> str:
+    """The best parameters (or Pareto front) of an Optuna sweep in ``root``, with the runs that trained them;
+    empty for any other directory."""
+    solutions = read_optuna_results(root)
+    if solutions is None:
+        return ""
+    labels = [[str(run_dir.relative_to(root)) if run_dir != root else "." for row in rows
+               if matches(row.setting, solution.params) for run_dir in row.run_dirs] for solution in solutions]
+    objectives = _read_config(rows[0].run_dirs[0]).get("objectives") if rows else None
+    if not (isinstance(objectives, list) and all(isinstance(name, str) for name in objectives)):
+        objectives = None
+    return format_optuna_results(solutions, objectives, labels)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lirpa_reweight.summarize", description=__doc__.split("\n")[0])
     parser.add_argument("dir", type=Path, help="a multirun (or outputs) directory, or one run directory")
@@ -482,13 +498,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows, incomplete = summarize(args.dir)
+        optuna = optuna_section(args.dir, rows)
         paired = None
         if args.paired_to is not None:
             paired = paired_differences(rows, dict(parse_override(item) for item in args.paired_to.split()))
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    text = format_markdown(args.dir, rows, incomplete, by_method=args.by_method, paired=paired)
+    text = format_markdown(args.dir, rows, incomplete, by_method=args.by_method, paired=paired) + optuna
     prefix = args.output_prefix if args.output_prefix is not None else args.dir / "summary"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = prefix.with_name(prefix.name + ".md"), prefix.with_name(prefix.name + ".csv")

@@ -305,16 +305,38 @@ def _hydra_record(cfg: DictConfig) -> dict:
             ".hydra/overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task)}
 
 
+# final.json entries a sweeper may minimise (the `objectives` config key).
+OBJECTIVES = ("clean_error", "pgd_error", "verified_error")
+
+
+def sweep_objectives(cfg: DictConfig) -> list[str]:
+    """The `objectives` key checked: a non-empty list drawn from OBJECTIVES (default [verified_error])."""
+    objectives = cfg.get("objectives", ["verified_error"])
+    names = list(objectives) if OmegaConf.is_list(objectives) or isinstance(objectives, (list, tuple)) else None
+    if not names or any(name not in OBJECTIVES for name in names):
+        raise ValueError(f"bad config value objectives={objectives!r}: a non-empty list drawn from {list(OBJECTIVES)}")
+    return names
+
+
+def objective_values(objectives: list[str], result: dict):
+    """What a sweeper receives: one float for one objective, else a list (Optuna's multi-objective study);
+    NaN for a value the run did not produce (stopped before its final evaluation, or PGD off)."""
+    values = [float(v) if isinstance(v := result.get(name), (int, float)) else math.nan for name in objectives]
+    return values[0] if len(values) == 1 else values
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lirpa_reweight.conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point; returns the final verified error so sweepers can minimise it."""
+def main(cfg: DictConfig):
+    """Hydra entry point; returns the final errors named by `objectives` (default: verified error) so sweepers
+    (Optuna) can minimise them."""
+    objectives = sweep_objectives(cfg)  # checked before training, not after it
     try:
         with logging_redirect_tqdm():  # on a terminal, log lines print above the bars, not into them
             result = train(cfg, hydra_files=_hydra_record(cfg))
     except Exception:
         log.exception("training failed")  # the traceback goes to train.log too, not only to the terminal
         raise
-    return result.get("verified_error", float("nan"))
+    return objective_values(objectives, result)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ BAD_TRAIN_VALUES = {
     "seed": [1.5, "abc", True],
     "run_dir": [3, ""],
     "sweep_name": [3, ""],
+    "objectives": [[], ["accuracy"], "verified_error"],
     "data.name": ["imagenet", 3],
     "data.root": [5, ""],
     "data.download": ["yes", 1],
