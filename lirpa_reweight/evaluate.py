@@ -77,12 +77,13 @@ def pgd_attack(classifier: BoundedClassifier, x: torch.Tensor, y: torch.Tensor, 
 def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: float,
                         methods: Sequence[str] = ("IBP", "CROWN-IBP"), pgd_steps: int = 20,
                         crown_batch_size: int = 16, crown_max_relu_units: int = CROWN_MAX_RELU_UNITS,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, group=None) -> dict:
     """Errors on ``batches`` of ``(x, y, index)`` at radius ``eps`` (pixel units).
 
     An example counts as verified when every margin lower bound is positive; ``verified_error``
     counts an example as verified if any of the methods verifies it. CROWN is skipped, with the
-    reason recorded, when the model is too large for it.
+    reason recorded, when the model is too large for it. Under DDP, ``group`` sums the counts of the
+    ranks' shards of the test set (each rank passes its own ``batches``).
     """
     for method in methods:
         if method not in METHODS:
@@ -120,6 +121,11 @@ def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: f
             counts["pgd"] += int(pgd_attack(classifier, x, y, eps, steps=pgd_steps).sum())
         counts["any_verified"] += int(verified_any.sum())
         counts["examples"] += len(y)
+    if group is not None:  # counts, not error rates, are summed: a rate of the whole test set
+        import torch.distributed as dist
+        summed = torch.tensor([counts[k] for k in counts], dtype=torch.float64, device=classifier.device)
+        dist.all_reduce(summed, group=group)
+        counts = {k: int(v) for k, v in zip(counts, summed.tolist())}
     total = counts["examples"]
     if total == 0:
         raise ValueError("no examples to evaluate")

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from . import checkpoint, recipe
+from . import checkpoint, distributed, recipe
 from .bounds import resolve_device
 from .evaluate import evaluate_classifier
 
@@ -51,31 +51,43 @@ def schedule_factors(cfg: DictConfig, eps_base: float) -> tuple[float, float]:
 
 
 class EpochMeter:
-    """Sums kept as tensors on the training device; read (one sync) once per epoch."""
+    """Sums kept as tensors on the training device; read (one sync) once per epoch, summed over ranks."""
 
-    def __init__(self, device):
+    def __init__(self, device, group=None):
         self.sums = torch.zeros(6, device=device)  # loss, clean loss, robust loss, clean err, verified, weight
         self.count = 0
+        self.group = group
 
-    def add(self, loss, clean_loss, robust_loss, logits, lb, y, weights):
+    def add(self, loss, clean_loss, robust_loss, logits, lb, y, weights, loss_weight=None):
+        """``loss_weight``: what ``loss`` counts for in the epoch's mean; the batch size for one process. Under
+        DDP each rank's loss is its scaled share (the ranks' mean is the global batch's loss), so it is
+        global batch size / world size there."""
         batch = len(y)
         self.sums += torch.stack([
-            loss.detach() * batch, clean_loss.detach() * batch, robust_loss.detach() * batch,
-            (logits.detach().argmax(1) != y).sum(), (lb.detach() > 0).all(1).sum(), weights.sum(),
+            loss.detach() * (batch if loss_weight is None else loss_weight), clean_loss.detach() * batch,
+            robust_loss.detach() * batch, (logits.detach().argmax(1) != y).sum(), (lb.detach() > 0).all(1).sum(),
+            weights.sum(),
         ]).to(self.sums.dtype)
         self.count += batch
 
     def read(self) -> dict:
-        loss, clean, robust, clean_err, verified, weight = (self.sums / max(self.count, 1)).tolist()
+        if self.group is None:
+            sums, count = self.sums, max(self.count, 1)
+        else:
+            totals = distributed.all_reduce_sum(torch.cat([self.sums, self.sums.new_tensor([self.count])]), self.group)
+            sums, count = totals[:6], totals[6].clamp(min=1)
+        loss, clean, robust, clean_err, verified, weight = (sums / count).tolist()
         return dict(loss=loss, clean_loss=clean, robust_loss=robust, clean_error=clean_err,
                     verified_error=1 - verified, mean_weight=weight)
 
 
-def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, progress=True) -> dict:
+def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, progress=True, group=None) -> dict:
+    """One epoch; ``group`` is the ranks' process group under DDP (None for one process)."""
     classifier.train()
     autoeps.train()
     autoeps.step_epoch()
-    meter = EpochMeter(classifier.device)
+    meter = EpochMeter(classifier.device, group)
+    loss_weight = None
     method = cfg.bound.method
     for x, y, index in tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False):
         # index stays where the loader made it (CPU): AutoEpsScheduler checks it there without a GPU sync.
@@ -89,12 +101,19 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
         autoeps.update(index, criterion.last_margins)  # eq. 6 margins at each example's own eps
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(classifier.parameters(), group)
         optimizer.step()
         with torch.no_grad():
             clean_loss = torch.nn.functional.cross_entropy(logits, y)
         # The unweighted robust CE is logged: it stays comparable across gamma.
-        meter.add(loss, clean_loss, criterion.last_robust_losses.mean(), logits, lb, y, criterion.last_weights)
+        if group is not None:
+            loss_weight = criterion.last_global_batch / distributed.world_size(group)
+        meter.add(loss, clean_loss, criterion.last_robust_losses.mean(), logits, lb, y, criterion.last_weights,
+                  loss_weight=loss_weight)
     stats = meter.read()
+    # The deferred input checks of the step (no host sync there), read at the epoch's logging point.
+    for hook in (classifier, criterion, autoeps):
+        hook.check(f"epoch {epoch}")
     stats.update(eps_base=autoeps.get_eps(), kappa=kappa, beta=beta if method == "CROWN-IBP" else None,
                  **{f"autoeps_{k}": v for k, v in autoeps.stats().items()})
     return stats
@@ -128,21 +147,40 @@ def _check_resumable(state: dict, cfg: DictConfig, info: dict, path: Path) -> No
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train, checkpoint every epoch, evaluate at the end; returns the final metrics (also in final.json)."""
+    """Train, checkpoint every epoch, evaluate at the end; returns the final metrics (also in final.json).
+
+    Under torchrun or a multi-task SLURM step every rank runs this; rank 0 alone writes files.
+    """
     recipe.validate(cfg)
+    env, group = distributed.setup(resolve_device(cfg.trainer.device))
+    try:
+        return _train(cfg, distributed.rank_device(resolve_device(cfg.trainer.device), env), group)
+    finally:
+        distributed.teardown(group)
+
+
+def _train(cfg: DictConfig, device: torch.device, group) -> dict:
+    main = distributed.is_main(group)
+    world_size = distributed.world_size(group)
+    if not main:  # one log: the other ranks report warnings and errors only
+        logging.getLogger().setLevel(logging.WARNING)
     run_dir = recipe.run_directory(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.trainer.device)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
 
     dataset = recipe.train_dataset(cfg)
     info = recipe.data_info(dataset)
-    classifier = recipe.build_classifier(cfg.model.name, info, device=device)
-    criterion, autoeps = recipe.build_hooks(cfg, num_examples=len(dataset), device=device)
+    # Input checks deferred to the epoch's logging point: the step never waits for the device.
+    classifier = recipe.build_classifier(cfg.model.name, info, device=device, sync_checks=False)
+    criterion, autoeps = recipe.build_hooks(cfg, num_examples=len(dataset), device=device, process_group=group,
+                                            sync_checks=False)
     optimizer, lr_scheduler = recipe.build_optimization(cfg, classifier)
-    val_loader = recipe.test_loader(cfg, num_examples=cfg.trainer.val_examples)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    val_loader = recipe.test_loader(cfg, num_examples=cfg.trainer.val_examples, group=group)
+    if main:
+        saved = OmegaConf.to_container(cfg, resolve=True)
+        saved["world_size"] = world_size  # how many ranks trained it (the run's numbers are the same otherwise)
+        OmegaConf.save(OmegaConf.create(saved), run_dir / "config.yaml")
 
     start_epoch, best = 1, {"epoch": None, "val_verified_error": math.inf}
     last_path, best_path, metrics_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
@@ -158,7 +196,9 @@ def train(cfg: DictConfig) -> dict:
         start_epoch, best = state["epoch"] + 1, state["best"]
         # Drop metric lines of epochs after the checkpoint (an interrupted epoch's partial record).
         lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-        metrics_path.write_text("".join(line + "\n" for line in lines if json.loads(line)["epoch"] <= state["epoch"]))
+        distributed.barrier(group)  # every rank has read last.pt and metrics.jsonl before rank 0 rewrites them
+        if main:
+            metrics_path.write_text("".join(line + "\n" for line in lines if json.loads(line)["epoch"] <= state["epoch"]))
         log.info("resumed from %s at epoch %d", last_path, state["epoch"])
     else:
         if cfg.trainer.resume:
@@ -166,30 +206,39 @@ def train(cfg: DictConfig) -> dict:
         elif last_path.exists():
             log.warning("%s holds a previous run: starting from scratch and overwriting it "
                         "(trainer.resume=true continues it instead)", run_dir)
-        metrics_path.write_text("")
-        for stale in ("best.pt", "final.json"):  # a previous run's results must not pass for this one's
-            (run_dir / stale).unlink(missing_ok=True)
+        distributed.barrier(group)  # no rank still looks for last.pt when rank 0 starts afresh
+        if main:
+            metrics_path.write_text("")
+            for stale in ("best.pt", "final.json"):  # a previous run's results must not pass for this one's
+                (run_dir / stale).unlink(missing_ok=True)
+    # Same weights on every rank (seeded alike already; this also covers a model with random buffers).
+    distributed.broadcast_state(classifier, group)
 
     loader_generator = torch.Generator()
-    autoeps.set_epoch_length(len(recipe.train_loader(cfg, dataset, loader_generator)))
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch)
+    autoeps.set_epoch_length(len(recipe.train_loader(cfg, dataset, loader_generator, group)))
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch) if main else None
     for epoch in range(start_epoch, cfg.trainer.epochs + 1):
         started = time.time()
         # Shuffling order depends only on (seed, epoch), so a resumed run sees the same batches.
         loader_generator.manual_seed(cfg.seed * 100003 + epoch)
-        loader = recipe.train_loader(cfg, dataset, loader_generator)
-        stats = train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, cfg.trainer.progress)
+        loader = recipe.train_loader(cfg, dataset, loader_generator, group)
+        stats = train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch,
+                            cfg.trainer.progress and main, group=group)
         lr = optimizer.param_groups[0]["lr"]
         lr_scheduler.step()
+        distributed.broadcast_state(classifier, group)  # rank 0's BatchNorm statistics on every rank
         val = evaluate_classifier(classifier, val_loader, cfg.schedule.eps_eval, methods=["IBP"], pgd_steps=0,
-                                  progress=False)
+                                  progress=False, group=group)
+        classifier.check(f"epoch {epoch} (validation)")
         record = {"epoch": epoch, **stats, "lr": lr, "val_clean_error": val["clean_error"],
-                  "val_verified_error": val["verified_error"], "seconds": round(time.time() - started, 2)}
-        with metrics_path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key != "epoch":
-                writer.add_scalar(key, value, epoch)
+                  "val_verified_error": val["verified_error"], "seconds": round(time.time() - started, 2),
+                  "world_size": world_size}
+        if main:
+            with metrics_path.open("a") as file:
+                file.write(json.dumps(record) + "\n")
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    writer.add_scalar(key, value, epoch)
         log.info("epoch %d/%d loss %.4f clean err %.4f verified err (IBP, eps %.4g) %.4f | eps_base %.4g "
                  "mean weight %.3f mean offset %.4g | val verified err %.4f | %.1fs", epoch, cfg.trainer.epochs,
                  stats["loss"], stats["clean_error"], stats["eps_base"], stats["verified_error"], stats["eps_base"],
@@ -199,28 +248,34 @@ def train(cfg: DictConfig) -> dict:
         if is_best:
             best = {"epoch": epoch, "val_verified_error": val["verified_error"]}
         is_checkpoint = epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs
-        if is_checkpoint:
+        if not main:
+            pass
+        elif is_checkpoint:
             save_run_state(last_path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best)
-        if is_best and is_checkpoint:
-            checkpoint.copy_atomically(last_path, best_path)
+            if is_best:
+                checkpoint.copy_atomically(last_path, best_path)
         elif is_best:
             save_run_state(best_path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best)
         if cfg.trainer.stop_after_epochs is not None and epoch >= cfg.trainer.stop_after_epochs:
             log.info("stopping after epoch %d as trainer.stop_after_epochs asks; resume with trainer.resume=true",
                      epoch)
-            writer.close()
+            if writer is not None:
+                writer.close()
             return {"stopped_at_epoch": epoch}
-    writer.close()
-    if not best_path.exists() and last_path.exists():
+    if writer is not None:
+        writer.close()
+    if main and not best_path.exists() and last_path.exists():
         # eps_train never reached (a short run): the last epoch is the best we have.
         checkpoint.copy_atomically(last_path, best_path)
 
     log.info("final evaluation at eps %g on the test set", cfg.schedule.eps_eval)
-    final = evaluate_classifier(classifier, recipe.test_loader(cfg), cfg.schedule.eps_eval,
+    final = evaluate_classifier(classifier, recipe.test_loader(cfg, group=group), cfg.schedule.eps_eval,
                                 methods=list(cfg.eval.methods), pgd_steps=cfg.eval.pgd_steps,
-                                crown_max_relu_units=cfg.eval.crown_max_relu_units, progress=cfg.trainer.progress)
-    final.update(epochs=cfg.trainer.epochs, best_epoch=best["epoch"])
-    (run_dir / "final.json").write_text(json.dumps(final, indent=2))
+                                crown_max_relu_units=cfg.eval.crown_max_relu_units,
+                                progress=cfg.trainer.progress and main, group=group)
+    final.update(epochs=cfg.trainer.epochs, best_epoch=best["epoch"], world_size=world_size)
+    if main:
+        (run_dir / "final.json").write_text(json.dumps(final, indent=2))
     log.info("final: clean err %.4f, PGD err %.4f, verified err %.4f %s%s", final["clean_error"],
              final["pgd_error"], final["verified_error"], final["verified_error_by_method"],
              f" (skipped: {final['skipped']})" if final["skipped"] else "")
