@@ -154,3 +154,13 @@ def test_torchrun_two_ranks_write_one_set_of_outputs_and_resume_on_one_rank(tmp_
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
     final, want = (json.loads((d / "final.json").read_text()) for d in (run_dir, reference))
     assert final["world_size"] == 1 and final["clean_error"] == want["clean_error"]
+
+
+def test_auto_lirpa_bounds_syncbatchnorm_as_a_plain_per_rank_batchnorm():
+    """The README's finding: the bounded graph is rebuilt from a trace, where SyncBatchNorm runs as BatchNorm, so
+    its bounds use the statistics of the rank's own shard; SyncBatchNorm would sync the clean pass only."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 2), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(8, CLASSES))
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    clf = BoundedClassifier(model, torch.rand(2, 1, 3, 3), device="cpu")
+    kinds = {type(node).__name__ for node in clf.bounded.modules()}
+    assert "BoundBatchNormalization" in kinds and not any("Sync" in kind for kind in kinds)
