@@ -248,9 +248,10 @@ class AutoEpsScheduler:
             raise TypeError(f"indices must have an integer dtype, got {indices.dtype}")
         if indices.dim() != 1:
             raise ValueError(f"indices must be 1-D (B,), got shape {tuple(indices.shape)}")
+        # non_blocking: a blocking host-to-device copy would make the host wait for the device.
         if not in_training_set:
-            return indices.to(self.device)
+            return indices.to(self.device, non_blocking=True)
         outside = (indices < 0) | (indices >= self.num_examples)
         if outside.any():
             raise IndexError(f"indices must lie in [0, {self.num_examples}); got {indices[outside][:5].tolist()}")
-        return indices.to(self.device)
+        return indices.to(self.device, non_blocking=True)

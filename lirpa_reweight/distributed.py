@@ -27,6 +27,7 @@ class Environment:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     launcher: str = "none"  # "torchrun", "slurm" or "none"
+    local_world_size: int = 1  # ranks on this node
 
     @property
     def distributed(self) -> bool:
@@ -48,21 +49,28 @@ def environment(env: Optional[Mapping[str, str]] = None) -> Environment:
     """This process's place among the ranks, from torchrun's variables, else SLURM's, else one process.
 
     Under SLURM one task is one rank (``srun`` / submitit with ``tasks_per_node`` = GPUs per node):
-    SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID give rank, world size and local rank, as in
-    submitit's ``helpers.TorchDistributedEnvironment``; rank 0 listens on the first host of
-    SLURM_JOB_NODELIST, at MASTER_PORT if set, else a port derived from the job id.
+    SLURM_PROCID, the step's task count (SLURM_STEP_NUM_TASKS, else SLURM_NTASKS) and SLURM_LOCALID give
+    rank, world size and local rank, as in submitit's ``helpers.TorchDistributedEnvironment``; rank 0
+    listens on the first host of SLURM_JOB_NODELIST, at MASTER_PORT if set, else a port derived from the
+    job id. (A batch script with several tasks must start the trainer through ``srun``: run directly,
+    the one process would wait for ranks that never start.)
     """
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
-        return Environment(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+        world = int(env["WORLD_SIZE"])
+        return Environment(rank=int(env["RANK"]), world_size=world,
                            local_rank=int(env.get("LOCAL_RANK", 0)), master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-                           master_port=int(env.get("MASTER_PORT", 29500)), launcher="torchrun")
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+                           master_port=int(env.get("MASTER_PORT", 29500)), launcher="torchrun",
+                           local_world_size=int(env.get("LOCAL_WORLD_SIZE", world)))
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
+    if tasks > 1 and "SLURM_PROCID" in env:
         job = int(env.get("SLURM_JOB_ID", "0"))
-        return Environment(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+        nodes = int(env.get("SLURM_STEP_NUM_NODES", env.get("SLURM_NNODES", "1")))
+        return Environment(rank=int(env["SLURM_PROCID"]), world_size=tasks,
                            local_rank=int(env.get("SLURM_LOCALID", 0)),
                            master_addr=env.get("MASTER_ADDR") or first_slurm_host(env["SLURM_JOB_NODELIST"]),
-                           master_port=int(env.get("MASTER_PORT", 20000 + job % 20000)), launcher="slurm")
+                           master_port=int(env.get("MASTER_PORT", 20000 + job % 20000)), launcher="slurm",
+                           local_world_size=max(tasks // max(nodes, 1), 1))
     return Environment()
 
 

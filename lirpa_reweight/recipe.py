@@ -4,7 +4,6 @@ The hooks know nothing of Hydra; this module is the only place that reads ``cfg`
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -92,7 +91,7 @@ def test_loader(cfg: DictConfig, num_examples: Optional[int] = None, batch_size:
 
 
 def _ranks_per_node(group) -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", 1))) if group else 1
+    return distributed.environment().local_world_size if group is not None else 1
 
 
 def train_loader(cfg: DictConfig, dataset, generator: torch.Generator, group=None) -> DataLoader:

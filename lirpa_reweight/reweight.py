@@ -121,13 +121,14 @@ class WeightedRobustLoss(nn.Module):
         One process with the global batch computes ``sum_i w_i l_i / sum_i w_i`` over all B examples and
         ``sum_i CE_i / B``. Rank r returns ``N * sum_{i in r} w_i l_i / W`` with ``W`` and ``B`` all-reduced
         (detached, so the reduction adds no gradient path) and ``N`` ranks: the gradient averaging of DDP divides
-        the sum over ranks by ``N``, leaving exactly the one-process gradient.
+        the sum over ranks by ``N``, leaving exactly the one-process gradient. (``new_full``, not ``new_tensor``:
+        a fill on the device rather than a blocking copy from the host.)
         """
         import torch.distributed as dist
 
         world_size = dist.get_world_size(self.process_group)
         if self.alpha > 0:
-            totals = torch.stack([weight.sum(), weight.new_tensor(float(len(weight)))])
+            totals = torch.stack([weight.sum(), weight.new_full((), len(weight))])
             dist.all_reduce(totals, group=self.process_group)
             share = weight / totals[0]
         else:
@@ -136,7 +137,7 @@ class WeightedRobustLoss(nn.Module):
             top = logits.max().clone()
             dist.all_reduce(top, op=dist.ReduceOp.MAX, group=self.process_group)
             unnormalised = torch.exp(logits - top)
-            totals = torch.stack([unnormalised.sum(), weight.new_tensor(float(len(weight)))])
+            totals = torch.stack([unnormalised.sum(), weight.new_full((), len(weight))])
             dist.all_reduce(totals, group=self.process_group)
             share = unnormalised / totals[0]
         self.last_global_batch = totals[1]  # for logging: the examples the loss averages over

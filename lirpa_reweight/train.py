@@ -248,13 +248,11 @@ def _train(cfg: DictConfig, device: torch.device, group) -> dict:
         if is_best:
             best = {"epoch": epoch, "val_verified_error": val["verified_error"]}
         is_checkpoint = epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs
-        if not main:
-            pass
-        elif is_checkpoint:
+        if main and is_checkpoint:
             save_run_state(last_path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best)
             if is_best:
                 checkpoint.copy_atomically(last_path, best_path)
-        elif is_best:
+        elif main and is_best:
             save_run_state(best_path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best)
         if cfg.trainer.stop_after_epochs is not None and epoch >= cfg.trainer.stop_after_epochs:
             log.info("stopping after epoch %d as trainer.stop_after_epochs asks; resume with trainer.resume=true",

@@ -56,6 +56,10 @@ def test_environment_from_torchrun_slurm_or_nothing():
     env = distributed.environment({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
                                    "SLURM_JOB_NODELIST": "gpu[07-09,12]", "SLURM_JOB_ID": "123"})
     assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port) == (5, 8, 1, "gpu07", 20123)
+    assert env.launcher == "slurm" and env.local_world_size == 8
+    env = distributed.environment({"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "4",
+                                   "SLURM_STEP_NUM_NODES": "2", "SLURM_JOB_NODELIST": "a1,b2"})
+    assert (env.world_size, env.local_world_size, env.master_addr) == (4, 2, "a1")
     assert not distributed.environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).distributed
     assert distributed.first_slurm_host("node1,node2") == "node1"
 
@@ -93,23 +97,26 @@ def run_steps(rank, world_size, group, alpha):
     return {"losses": torch.stack(losses), "grads": torch.stack(grads), "offsets": autoeps.offsets.clone()}
 
 
-def _rank_main(rank, port, out, alpha):
+ALPHAS = (0.1, 0.0)  # alpha 0: the global softmax path of the weights
+
+
+def _rank_main(rank, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        torch.save(run_steps(rank, 2, dist.group.WORLD, alpha), f"{out}.{rank}")
+        for alpha in ALPHAS:  # one spawn for both: starting a process costs more than the steps
+            torch.save(run_steps(rank, 2, dist.group.WORLD, alpha), f"{out}.{alpha}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("alpha", [0.1, 0.0])  # alpha 0: the global softmax path of the weights
-def test_two_gloo_ranks_equal_one_process_on_the_same_global_batches(tmp_path, alpha):
+def test_two_gloo_ranks_equal_one_process_on_the_same_global_batches(tmp_path):
     out = str(tmp_path / "rank")
-    mp.spawn(_rank_main, args=(free_port(), out, alpha), nprocs=2)
-    single = run_steps(0, 1, None, alpha)
-    for rank in range(2):
-        ranked = torch.load(f"{out}.{rank}")
+    mp.spawn(_rank_main, args=(free_port(), out), nprocs=2)
+    for alpha, rank in [(alpha, rank) for alpha in ALPHAS for rank in range(2)]:
+        single = run_steps(0, 1, None, alpha)
+        ranked = torch.load(f"{out}.{alpha}.{rank}")
         assert (single["offsets"] > 0).sum() >= 5  # Algorithm 1 did write offsets
         torch.testing.assert_close(ranked["offsets"], single["offsets"], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(ranked["losses"], single["losses"], rtol=1e-5, atol=1e-7)
@@ -164,3 +171,11 @@ def test_auto_lirpa_bounds_syncbatchnorm_as_a_plain_per_rank_batchnorm():
     clf = BoundedClassifier(model, torch.rand(2, 1, 3, 3), device="cpu")
     kinds = {type(node).__name__ for node in clf.bounded.modules()}
     assert "BoundBatchNormalization" in kinds and not any("Sync" in kind for kind in kinds)
+
+
+def test_loader_workers_default_by_device_and_cores():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert distributed.default_workers(cpu, cores=32) == 0  # the CPU run wants its cores for training
+    assert distributed.default_workers(cuda, cores=32) == 8
+    assert distributed.default_workers(cuda, ranks_per_node=4, cores=16) == 3
+    assert distributed.default_workers(cuda, cores=1) == 0
