@@ -53,6 +53,7 @@ from torch.nn import CrossEntropyLoss
 import lirpa_reweight  # noqa: F401  (patches auto_LiRPA for torch 2.x; must come before auto_LiRPA)
 from lirpa_reweight import AutoEpsScheduler, BoundedClassifier, WeightedRobustLoss
 from lirpa_reweight.data import DATASETS
+from lirpa_reweight.hostsync import count_host_syncs, optimizer_step_counters
 from lirpa_reweight.models import build_model
 from lirpa_reweight.reweight import robust_cross_entropy
 
@@ -113,6 +114,7 @@ class Setup:
     batch_size: int
     device: torch.device
     steps: dict = field(default_factory=dict)  # variant name -> zero-argument step function
+    optimizer: Optional[torch.optim.Optimizer] = None  # its step counters are host tensors by design
 
 
 def build_setup(recipe: Recipe, batch_size: int, device: torch.device, seed: int,
@@ -125,13 +127,15 @@ def build_setup(recipe: Recipe, batch_size: int, device: torch.device, seed: int
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand((batch_size,) + in_shape, generator=generator).to(device)
     y = torch.randint(num_classes, (batch_size,), generator=generator).to(device)
-    index = torch.arange(batch_size, device=device)
+    index = torch.arange(batch_size)  # on the CPU, where a DataLoader yields it
     mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
 
     # Ours and the bare loop wrap the same model: a BoundedModule holds the model's own Parameters,
     # so one optimizer over model.parameters() trains all variants.
-    classifier = BoundedClassifier(model, torch.rand((2,) + in_shape), device=device, mean=info.mean, std=info.std)
+    # Checks deferred as the trainer defers them, so that the step makes no host synchronisation.
+    classifier = BoundedClassifier(model, torch.rand((2,) + in_shape), device=device, mean=info.mean, std=info.std,
+                                   sync_checks=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the ONNX tracer warns about every data-dependent branch
         bare = BoundedModule(model, torch.randn((2,) + in_shape, device=device), device=device)
@@ -141,9 +145,9 @@ def build_setup(recipe: Recipe, batch_size: int, device: torch.device, seed: int
                            "train two different models")
     model.train(), classifier.train(), bare.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    criterion = WeightedRobustLoss(gamma=GAMMA, alpha=ALPHA)
+    criterion = WeightedRobustLoss(gamma=GAMMA, alpha=ALPHA, sync_checks=False)
     autoeps = AutoEpsScheduler(FixedScheduler(recipe.eps), TRAIN_SET_SIZES[recipe.dataset], recipe.maxoff,
-                               device=device)
+                               device=device, sync_checks=False)
     autoeps.train()
 
     def finish(loss):
@@ -208,7 +212,7 @@ def build_setup(recipe: Recipe, batch_size: int, device: torch.device, seed: int
         steps[method] = ours(method)
         steps[f"{method} + hooks"] = ours_with_hooks(method)
     assert tuple(steps) == VARIANTS
-    return Setup(recipe, in_shape, batch_size, device, steps)
+    return Setup(recipe, in_shape, batch_size, device, steps, optimizer)
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -313,13 +317,25 @@ def paired_overhead(times: dict, slow: str, fast: str) -> tuple[float, float, fl
     return median, q1, q3
 
 
-def summarize(setup: Setup, times: dict, memory: dict) -> dict:
+def host_syncs(setup: Setup) -> dict:
+    """Calls per step that make the host wait for the device (item, bool, tolist, nonzero, cuda.synchronize),
+    counted on one step of each variant after the timing (see lirpa_reweight.hostsync)."""
+    counts = {}
+    for name, step in setup.steps.items():
+        with count_host_syncs(optimizer_step_counters(setup.optimizer)) as counter:
+            step()
+        counts[name] = counter.total
+    return counts
+
+
+def summarize(setup: Setup, times: dict, memory: dict, syncs: Optional[dict] = None) -> dict:
     rows = []
     plain_median = quartiles(times["plain"])[1]
     for name in VARIANTS:
         q1, median, q3 = quartiles(times[name])
         rows.append(dict(variant=name, median_ms=1e3 * median, iqr_ms=1e3 * (q3 - q1),
-                         ratio_to_plain=median / plain_median, peak_step_memory_bytes=memory.get(name)))
+                         ratio_to_plain=median / plain_median, peak_step_memory_bytes=memory.get(name),
+                         host_syncs=(syncs or {}).get(name)))
     overheads = {}
     for method in ("IBP", "CROWN-IBP"):
         overheads[f"hooks {method}"] = paired_overhead(times, f"{method} + hooks", method)
@@ -348,9 +364,10 @@ def format_result(result: dict, markdown: bool) -> str:
              f"{result['batch_size']}, eps {result['eps']:.4g}, maxoff {result['maxoff']:g}, device "
              f"{result['device']} ({result['threads']} threads), torch {result['torch']}; median of "
              f"{result['repeats']} interleaved steps after warm-up", ""]
-    header = ("variant", "median ms", "IQR ms", "x plain", "peak step memory")
+    header = ("variant", "median ms", "IQR ms", "x plain", "peak step memory", "host syncs")
     cells = [(r["variant"], f"{r['median_ms']:.2f}", f"{r['iqr_ms']:.2f}", f"{r['ratio_to_plain']:.2f}",
-              _mib(r["peak_step_memory_bytes"])) for r in result["rows"]]
+              _mib(r["peak_step_memory_bytes"]), "n/a" if r.get("host_syncs") is None else str(r["host_syncs"]))
+             for r in result["rows"]]
     if markdown:
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
@@ -374,7 +391,9 @@ def format_result(result: dict, markdown: bool) -> str:
               f"CROWN-IBP {pct('wrapper CROWN-IBP')}",
               f"IBP step / plain step: {ratio['IBP']:.2f}x (floor about 3: clean, centre and radius passes); "
               f"CROWN-IBP step / plain step: {ratio['CROWN-IBP']:.2f}x",
-              f"peak step memory: {result['memory_meaning']}"]
+              f"peak step memory: {result['memory_meaning']}",
+              "host syncs: calls per step that make the host wait for the device (item, bool, tolist, nonzero, "
+              "cuda.synchronize; optimizer step counters and CPU index checks excluded); 0 means the step never waits"]
     if markdown:
         lines = [line if not line or line.startswith("|") else line + "  " for line in lines]
     return "\n".join(lines)
@@ -438,7 +457,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         if measure is not None:
             # The least of two probes: the first call in a process also pays one-time allocations.
             memory = {name: _least(measure(step) for _ in range(2)) for name, step in setup.steps.items()}
-        result = summarize(setup, times, memory)
+        result = summarize(setup, times, memory, host_syncs(setup))
         print(format_result(result, args.markdown), end="\n\n", flush=True)
         results.append(result)
     if args.json is not None:

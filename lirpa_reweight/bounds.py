@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import compat
+from .checks import DeferredChecks
 
 compat.apply()
 
@@ -101,6 +102,9 @@ class BoundedClassifier(nn.Module):
             because a normalisation layer in the graph breaks CROWN-IBP in auto_LiRPA 0.3.
         data_range: the valid pixel range; perturbed inputs are clamped to it.
         bound_opts: passed to ``BoundedModule`` unchanged.
+        sync_checks: True raises on a bad eps or label at once (each check makes the host wait for the
+            device); False counts them on the device and raises from :meth:`check` (labels out of range
+            are clamped for the bound computation meanwhile, so that no device-side assert fires).
 
     ``eps`` is always in pixel units. The wrapper follows ``train()``/``eval()`` like
     any module; train-mode BatchNorm bounds use the statistics of the current batch.
@@ -115,8 +119,12 @@ class BoundedClassifier(nn.Module):
         std: Optional[Sequence[float]] = None,
         data_range: tuple[float, float] = (0.0, 1.0),
         bound_opts: Optional[dict] = None,
+        sync_checks: bool = True,
     ):
         super().__init__()
+        self.sync_checks = bool(sync_checks)
+        self.deferred = DeferredChecks({"eps": "eps was negative or not finite",
+                                        "labels": "labels were outside [0, num_classes)"})
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std, or neither")
         low, high = (float(v) for v in data_range)
@@ -189,7 +197,11 @@ class BoundedClassifier(nn.Module):
         # train-mode BatchNorm bounds use this batch's statistics.
         logits = self.bounded(bounded_x)
         num_classes = logits.shape[-1]
-        if y.min() < 0 or y.max() >= num_classes:
+        if not self.sync_checks:
+            outside = (y < 0) | (y >= num_classes)
+            self.deferred.record("labels", outside)
+            y = y.clamp(0, num_classes - 1)
+        elif y.min() < 0 or y.max() >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes - 1}], got min {int(y.min())} max {int(y.max())}")
         spec = margin_spec(y, num_classes)
         if method == "CROWN":
@@ -211,6 +223,10 @@ class BoundedClassifier(nn.Module):
                             beta: Optional[float] = None) -> torch.Tensor:
         """``(B, C-1)`` lower bounds of ``z_y - z_j`` for ``j != y`` (class order, ``y`` skipped)."""
         return self.certify(x, y, eps, method=method, beta=beta).margin_lb
+
+    def check(self, where: str = "") -> None:
+        """Raise the ValueError of any bad eps or label counted since the last check (``sync_checks=False``)."""
+        self.deferred.raise_if_bad(where)
 
     def _alpha_crown(self, bounded_x: BoundedTensor, spec: torch.Tensor) -> torch.Tensor:
         """CROWN with its ReLU relaxation slopes optimised (auto_LiRPA's ``CROWN-Optimized``), detached.
@@ -250,7 +266,9 @@ class BoundedClassifier(nn.Module):
         if eps.dim() > 1 or (eps.dim() == 1 and eps.shape[0] != batch):
             raise ValueError(f"eps must be a float or a ({batch},) tensor, got shape {tuple(eps.shape)}")
         bad = ~torch.isfinite(eps) | (eps < 0)
-        if bad.any():
+        if not self.sync_checks:
+            self.deferred.record("eps", bad)
+        elif bad.any():
             where = bad.nonzero().flatten().tolist()[:5]
             raise ValueError(f"eps must be finite and >= 0; bad value(s) {eps[bad].flatten()[:5].tolist()} at {where}")
         return eps

@@ -25,13 +25,16 @@ class DivergenceMonitor:
             count at initialisation), and kept in :meth:`state_dict` so a resumed run uses the same one.
         device: where the losses live.
         hint: what to suggest in the error (e.g. which setting to lower).
+        process_group: under data parallelism, the ranks' group: :meth:`check` then raises on every rank when
+            any rank diverged, so that no rank goes on into a collective the stopped one never joins.
     """
 
     def __init__(self, factor: Optional[float] = 1e4, device=None,
-                 hint: str = "lower the learning rate or clip gradients"):
+                 hint: str = "lower the learning rate or clip gradients", process_group=None):
         if factor is not None and not factor > 1:
             raise ValueError(f"divergence factor must be > 1 or None, got {factor!r}")
         self.factor, self.hint = factor, hint
+        self.process_group = process_group
         self.reference: Optional[torch.Tensor] = None
         self._device = device
         self.start_epoch()
@@ -57,6 +60,15 @@ class DivergenceMonitor:
     def check(self, epoch: int, cause: Optional[BaseException] = None) -> None:
         """Raise :class:`DivergenceError` if a step of this epoch diverged (one host read)."""
         step = int(self._first_bad.item())
+        if self.process_group is not None:
+            import torch.distributed as dist
+
+            anywhere = (self._first_bad >= 0).to(torch.int32)
+            dist.all_reduce(anywhere, op=dist.ReduceOp.MAX, group=self.process_group)
+            if step < 0 and bool(anywhere):
+                raise DivergenceError(f"training diverged at epoch {epoch} on another rank (its log names the step); "
+                                      f"nothing of this epoch was saved. Start again with a smaller step: "
+                                      f"{self.hint}") from cause
         if step < 0:
             return
         loss = float(self._bad_loss.item())

@@ -58,7 +58,7 @@ def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: f
                         methods: Sequence[str] = ("IBP", "CROWN-IBP"), pgd_steps: int = 20,
                         crown_batch_size: int = 16, crown_max_relu_units: int = CROWN_MAX_RELU_UNITS,
                         alpha_crown_iterations: int = ALPHA_CROWN_ITERATIONS, progress: bool = True,
-                        crown_limit_key: str = "crown_max_relu_units") -> dict:
+                        crown_limit_key: str = "crown_max_relu_units", group=None) -> dict:
     """Errors on ``batches`` of ``(x, y, index)`` at radius ``eps`` (pixel units).
 
     An example counts as verified when every margin lower bound is positive; ``verified_error``
@@ -67,7 +67,8 @@ def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: f
     the caller's user knows the limit by (``eval.crown_max_relu_units`` in train), quoted in the reason. When no
     requested method ran, ``verified_error`` is None and ``verified_error_reason`` says why.
     ``verified_by`` counts, per method in the order given, the examples it verified that no earlier
-    method had: which verifier certified each number.
+    method had: which verifier certified each number. Under DDP, ``group`` sums the counts of the
+    ranks' shards of the test set (each rank passes its own ``batches``).
     """
     for method in methods:
         if method not in METHODS:
@@ -114,6 +115,14 @@ def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: f
             counts["pgd"] += int(pgd_attack(classifier, x, y, eps, steps=pgd_steps).sum())
         counts["any_verified"] += int(verified_any.sum())
         counts["examples"] += len(y)
+    if group is not None:  # counts, not error rates, are summed: a rate of the whole test set
+        import torch.distributed as dist
+        local = [*counts.values(), *first_verified_by.values()]
+        summed = torch.tensor(local, dtype=torch.float64, device=classifier.device)
+        dist.all_reduce(summed, group=group)
+        summed = [int(v) for v in summed.tolist()]
+        counts = dict(zip(counts, summed[:len(counts)]))
+        first_verified_by = dict(zip(first_verified_by, summed[len(counts):]))
     total = counts["examples"]
     if total == 0:
         raise ValueError("no examples to evaluate")

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
-from . import checkpoint, config_checks
+from . import checkpoint, config_checks, distributed
 from .autoeps import AutoEpsScheduler
 from . import methods
 from .bounds import BoundedClassifier, resolve_device
@@ -57,19 +57,40 @@ def train_dataset(cfg: DictConfig):
     return build_dataset(cfg.data.name, train=True, augment=cfg.data.augment, **kwargs)
 
 
-def test_loader(cfg: DictConfig, num_examples: Optional[int] = None, batch_size: Optional[int] = None) -> DataLoader:
+def loader_options(cfg: DictConfig, device=None, ranks_per_node: int = 1) -> dict:
+    """num_workers and pin_memory: trainer.workers / trainer.pin_memory, or (null) chosen by the device and cores."""
+    device = resolve_device(cfg.trainer.device if device is None else device)
+    workers = cfg.trainer.get("workers")
+    pin = cfg.trainer.get("pin_memory")
+    return dict(num_workers=distributed.default_workers(device, ranks_per_node) if workers is None else workers,
+                pin_memory=device.type == "cuda" if pin is None else bool(pin))
+
+
+def test_loader(cfg: DictConfig, num_examples: Optional[int] = None, batch_size: Optional[int] = None,
+                group=None) -> DataLoader:
     kwargs = dataset_kwargs(cfg.data)
     if cfg.data.name == "synthetic":
         kwargs["num_examples"] = cfg.data.num_test
     dataset = build_dataset(cfg.data.name, train=False, augment=False, **kwargs)
     limit = num_examples if num_examples is not None else cfg.data.num_test
-    return DataLoader(_subset(dataset, limit), batch_size=batch_size or cfg.eval.batch_size, shuffle=False,
-                      num_workers=cfg.trainer.workers)
+    dataset = _subset(dataset, limit)
+    if group is not None:  # each rank evaluates its contiguous part; the counts are summed over ranks
+        dataset = Subset(dataset, distributed.shard(len(dataset), group))
+    return DataLoader(dataset, batch_size=batch_size or cfg.eval.batch_size, shuffle=False,
+                      **loader_options(cfg, ranks_per_node=_ranks_per_node(group)))
 
 
-def train_loader(cfg: DictConfig, dataset, generator: torch.Generator) -> DataLoader:
-    return DataLoader(_subset(dataset, cfg.data.num_train), batch_size=cfg.trainer.batch_size, shuffle=True,
-                      generator=generator, num_workers=cfg.trainer.workers, drop_last=False)
+def _ranks_per_node(group) -> int:
+    return distributed.environment().local_world_size if group is not None else 1
+
+
+def train_loader(cfg: DictConfig, dataset, generator: torch.Generator, group=None) -> DataLoader:
+    """Batches of trainer.batch_size (the GLOBAL batch: each rank loads its slice of it), shuffled by generator."""
+    dataset = _subset(dataset, cfg.data.num_train)
+    sampler = distributed.GlobalBatchSampler(len(dataset), cfg.trainer.batch_size, generator,
+                                             rank=distributed.rank(group), world_size=distributed.world_size(group))
+    return DataLoader(dataset, batch_sampler=sampler, generator=generator,
+                      **loader_options(cfg, ranks_per_node=_ranks_per_node(group)))
 
 
 def data_info(dataset) -> dict:
@@ -79,20 +100,24 @@ def data_info(dataset) -> dict:
                 mean=None if info.mean is None else list(info.mean), std=None if info.std is None else list(info.std))
 
 
-def build_classifier(model_name: str, info: dict, device=None) -> BoundedClassifier:
+def build_classifier(model_name: str, info: dict, device=None, sync_checks: bool = True) -> BoundedClassifier:
     model = build_model(model_name, tuple(info["in_shape"]), info["num_classes"])
     example = torch.rand(2, *info["in_shape"])  # batch 2: train-mode BatchNorm needs more than one example
-    return BoundedClassifier(model, example, device=device, mean=info["mean"], std=info["std"])
+    return BoundedClassifier(model, example, device=device, mean=info["mean"], std=info["std"],
+                             sync_checks=sync_checks)
 
 
-def build_hooks(cfg: DictConfig, num_examples: int, device) -> tuple[WeightedRobustLoss, AutoEpsScheduler]:
+def build_hooks(cfg: DictConfig, num_examples: int, device, process_group=None,
+                sync_checks: bool = True) -> tuple[WeightedRobustLoss, AutoEpsScheduler]:
     """The two hooks; a group switched off (``enabled: false``) is built with its neutral value (gamma 0: equal
     weights, the plain robust loss; maxoff 0: every eps is eps_base), whatever its other keys say."""
     gamma = cfg.reweight.gamma if cfg.reweight.enabled else 0.0
     maxoff = cfg.autoeps.maxoff if cfg.autoeps.enabled else 0.0
-    criterion = WeightedRobustLoss(gamma=gamma, alpha=cfg.reweight.alpha)
+    criterion = WeightedRobustLoss(gamma=gamma, alpha=cfg.reweight.alpha, process_group=process_group,
+                                   sync_checks=sync_checks)
     base_scheduler = instantiate(cfg.schedule.eps_scheduler)
-    return criterion, AutoEpsScheduler(base_scheduler, num_examples, maxoff=maxoff, device=device)
+    return criterion, AutoEpsScheduler(base_scheduler, num_examples, maxoff=maxoff, device=device,
+                                       process_group=process_group, sync_checks=sync_checks)
 
 
 def build_method(cfg: DictConfig):

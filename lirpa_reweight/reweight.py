@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bounds import bound_margin, worst_case_logits_true_first
+from .checks import DeferredChecks
 
 
 def _check_hyper_parameter(name: str, value) -> float:
@@ -45,16 +46,29 @@ class WeightedRobustLoss(nn.Module):
             the plain unweighted robust loss.
         alpha: weight floor, so that examples with ``|margin|`` near 1 are not ignored.
 
+        process_group: under data parallelism (DDP or a loop of one's own that averages gradients over
+            ranks), the ``torch.distributed`` group of the ranks that share one global batch (e.g.
+            ``torch.distributed.group.WORLD``); None for one process. With a group, the weights are
+            normalised by their sum over the global batch (one all-reduce of detached sums per call)
+            and each rank's loss is scaled by the group's size, so that after the usual gradient
+            averaging every rank holds the gradient one process would compute on the whole global batch;
+            the mean of the ranks' losses is that process's loss.
+        sync_checks: True raises on NaN/inf bounds at once (a host synchronisation per call); False
+            counts them on the device and raises from :meth:`check`, so that the step never waits.
+
     After each call, ``last_margins``, ``last_weights`` and ``last_robust_losses`` hold the
     batch's eq. 6 margins, eq. 7 weights and unweighted robust CE (detached, ``(B,)``); ``last_margins`` is what
     :meth:`lirpa_reweight.autoeps.AutoEpsScheduler.update` takes.
     ``gamma`` and ``alpha`` travel in ``state_dict()``.
     """
 
-    def __init__(self, gamma: float = 5.0, alpha: float = 0.1):
+    def __init__(self, gamma: float = 5.0, alpha: float = 0.1, process_group=None, sync_checks: bool = True):
         super().__init__()
         self.gamma = _check_hyper_parameter("gamma", gamma)
         self.alpha = _check_hyper_parameter("alpha", alpha)
+        self.process_group = process_group
+        self.sync_checks = bool(sync_checks)
+        self.deferred = DeferredChecks({"lb": "lb had NaN or inf"})
         self.last_margins: Optional[torch.Tensor] = None
         self.last_weights: Optional[torch.Tensor] = None
         self.last_robust_losses: Optional[torch.Tensor] = None
@@ -90,22 +104,58 @@ class WeightedRobustLoss(nn.Module):
         with torch.no_grad():
             margin = bound_margin(lb.detach())
             weight = self.weights(margin)
-            if self.alpha > 0:
-                share = weight / weight.sum()  # the sum is at least B * alpha > 0
+            if self.process_group is not None:
+                share, batch_scale = self._global_shares(margin, weight)
+            elif self.alpha > 0:
+                share, batch_scale = weight / weight.sum(), None  # the sum is at least B * alpha > 0
             else:
                 # Same as weight / weight.sum(), but cannot underflow to 0 / 0 for a large gamma.
-                share = torch.softmax(-self.gamma * margin.abs(), dim=0)
+                share, batch_scale = torch.softmax(-self.gamma * margin.abs(), dim=0), None
         if robust_losses is None:
             robust_losses = robust_cross_entropy(lb)
         self.last_margins, self.last_weights, self.last_robust_losses = margin, weight, robust_losses.detach()
         robust = (share * robust_losses).sum()
         if kappa == 0.0:
             return robust
-        clean = F.cross_entropy(clean_logits, y)
+        if batch_scale is None:
+            clean = F.cross_entropy(clean_logits, y)
+        else:  # world_size / global B under a group (see _global_shares)
+            clean = F.cross_entropy(clean_logits, y, reduction="sum") * batch_scale
         return kappa * clean + (1.0 - kappa) * robust
 
-    @staticmethod
-    def _check_inputs(lb, clean_logits, y, kappa) -> float:
+    def _global_shares(self, margin: torch.Tensor, weight: torch.Tensor):
+        """Each example's share of the global batch's weight, times the group's size, and world_size / global B.
+
+        One process with the global batch computes ``sum_i w_i l_i / sum_i w_i`` over all B examples and
+        ``sum_i CE_i / B``. Rank r returns ``N * sum_{i in r} w_i l_i / W`` with ``W`` and ``B`` all-reduced
+        (detached, so the reduction adds no gradient path) and ``N`` ranks: the gradient averaging of DDP divides
+        the sum over ranks by ``N``, leaving exactly the one-process gradient. (``new_full``, not ``new_tensor``:
+        a fill on the device rather than a blocking copy from the host.)
+        """
+        import torch.distributed as dist
+
+        world_size = dist.get_world_size(self.process_group)
+        if self.alpha > 0:
+            totals = torch.stack([weight.sum(), weight.new_full((), len(weight))])
+            dist.all_reduce(totals, group=self.process_group)
+            share = weight / totals[0]
+        else:
+            # The softmax over the global batch, from a global max (no underflow to 0 / 0) and a global sum.
+            logits = -self.gamma * margin.abs()
+            top = logits.max().clone()
+            dist.all_reduce(top, op=dist.ReduceOp.MAX, group=self.process_group)
+            unnormalised = torch.exp(logits - top)
+            totals = torch.stack([unnormalised.sum(), weight.new_full((), len(weight))])
+            dist.all_reduce(totals, group=self.process_group)
+            share = unnormalised / totals[0]
+        self.last_global_batch = totals[1]  # for logging: the examples the loss averages over
+        return share * world_size, world_size / totals[1]
+
+    def check(self, where: str = "") -> None:
+        """Raise the ValueError of any bad input counted since the last check (with ``sync_checks=False``)."""
+        self.deferred.raise_if_bad(where)
+
+    def _check_inputs(self, lb, clean_logits, y, kappa) -> float:
         kappa = float(kappa)
         if not 0.0 <= kappa <= 1.0:
             raise ValueError(f"kappa must lie in [0, 1], got {kappa}")
@@ -123,9 +173,10 @@ class WeightedRobustLoss(nn.Module):
                 raise ValueError(f"y must be ({batch},) to match lb {tuple(lb.shape)}, got {tuple(y.shape)}")
             if y.dtype.is_floating_point or y.dtype == torch.bool:
                 raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
-        # One host sync per call, like the loss.item() of any logging loop.
         bad = ~torch.isfinite(lb).all(dim=1)
-        if bad.any():
+        if not self.sync_checks:
+            self.deferred.record("lb", bad)
+        elif bad.any():  # one host sync per call, like the loss.item() of any logging loop
             where = bad.nonzero().flatten().tolist()
             raise ValueError(f"lb has NaN or inf in {len(where)} of {batch} examples, at batch positions "
                              f"{where[:10]}{' ...' if len(where) > 10 else ''}")

@@ -26,7 +26,7 @@ os.umask(_UMASK)
 # them (config.yaml then records the new values); trainer.epochs may change too, but not below the checkpoint.
 RESUME_MAY_CHANGE = (
     "name", "run_dir", "sweep_name", "objectives", "data.root", "data.download", "trainer.resume", "trainer.device",
-    "trainer.workers", "trainer.progress", "trainer.stop_after_epochs", "trainer.checkpoint_every",
+    "trainer.workers", "trainer.pin_memory", "trainer.progress", "trainer.stop_after_epochs", "trainer.checkpoint_every",
     "trainer.divergence_factor", "trainer.epochs", "eval.",
 )
 

@@ -25,8 +25,9 @@ import yaml
 from .optuna_results import format_optuna_results, matches, read_optuna_results
 
 # Overrides that do not change what is trained: runs differing only in these are seeds of one setting.
-NON_TRAINING_KEYS = ("seed", "run_dir", "trainer.resume", "trainer.device", "trainer.workers", "trainer.progress",
-                     "trainer.stop_after_epochs", "trainer.checkpoint_every", "data.root", "objectives")
+NON_TRAINING_KEYS = ("seed", "run_dir", "sweep_name", "trainer.resume", "trainer.device", "trainer.workers",
+                     "trainer.pin_memory", "trainer.progress", "trainer.stop_after_epochs", "trainer.checkpoint_every",
+                     "trainer.divergence_factor", "data.root", "objectives")
 # Hydra's own settings (launcher, sweep and run directories, ...) never change the training either.
 NON_TRAINING_PREFIXES = ("hydra.", "hydra/")
 # Column order for --by-method; methods outside this list follow in the order found.

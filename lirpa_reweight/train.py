@@ -22,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import checkpoint, recipe, rundir
+from . import checkpoint, distributed, recipe, rundir
 from .bounds import resolve_device
 from .divergence import DivergenceMonitor, require_finite_parameters
 from .evaluate import evaluate_classifier
@@ -61,31 +61,44 @@ def schedule_factors(cfg: DictConfig, eps_base: float) -> tuple[float, float]:
 
 
 class EpochMeter:
-    """Sums kept as tensors on the training device; read (one sync) once per epoch."""
+    """Sums kept as tensors on the training device; read (one sync) once per epoch, summed over ranks."""
 
-    def __init__(self, device):
+    def __init__(self, device, group=None):
         self.sums = torch.zeros(6, device=device)  # loss, clean loss, robust loss, clean err, verified, weight
         self.count = 0
+        self.group = group
 
-    def add(self, loss, clean_loss, robust_loss, logits, lb, y, weights):
+    def add(self, loss, clean_loss, robust_loss, logits, lb, y, weights, loss_weight=None):
+        """``loss_weight``: what ``loss`` counts for in the epoch's mean; the batch size for one process. Under
+        DDP each rank's loss is its scaled share (the ranks' mean is the global batch's loss), so it is
+        global batch size / world size there."""
         batch = len(y)
         self.sums += torch.stack([
-            loss.detach() * batch, clean_loss.detach() * batch, robust_loss.detach() * batch,
-            (logits.detach().argmax(1) != y).sum(), (lb.detach() > 0).all(1).sum(), weights.sum(),
+            loss.detach() * (batch if loss_weight is None else loss_weight), clean_loss.detach() * batch,
+            robust_loss.detach() * batch, (logits.detach().argmax(1) != y).sum(), (lb.detach() > 0).all(1).sum(),
+            weights.sum(),
         ]).to(self.sums.dtype)
         self.count += batch
 
     def read(self) -> dict:
-        loss, clean, robust, clean_err, verified, weight = (self.sums / max(self.count, 1)).tolist()
+        if self.group is None:
+            sums, count = self.sums, max(self.count, 1)
+        else:
+            totals = distributed.all_reduce_sum(torch.cat([self.sums, self.sums.new_tensor([self.count])]), self.group)
+            sums, count = totals[:6], totals[6].clamp(min=1)
+        loss, clean, robust, clean_err, verified, weight = (sums / count).tolist()
         return dict(loss=loss, clean_loss=clean, robust_loss=robust, clean_error=clean_err,
                     verified_error=1 - verified, mean_weight=weight)
 
 
-def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, progress=True, monitor=None) -> dict:
+def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, progress=True, monitor=None,
+                group=None) -> dict:
+    """One epoch; ``group`` is the ranks' process group under DDP (None for one process)."""
     classifier.train()
     autoeps.train()
     autoeps.step_epoch()
-    meter = EpochMeter(classifier.device)
+    meter = EpochMeter(classifier.device, group)
+    loss_weight = None
     method = cfg.bound.method
     train_method = recipe.build_method(cfg)
     for x, y, index in tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False):
@@ -104,12 +117,19 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
         autoeps.update(index, criterion.last_margins)  # eq. 6 margins at each example's own eps
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(classifier.parameters(), group)
         optimizer.step()
         with torch.no_grad():
             clean_loss = torch.nn.functional.cross_entropy(logits, y)
         # The unweighted robust CE is logged: it stays comparable across gamma.
-        meter.add(loss, clean_loss, criterion.last_robust_losses.mean(), logits, lb, y, criterion.last_weights)
+        if group is not None:
+            loss_weight = criterion.last_global_batch / distributed.world_size(group)
+        meter.add(loss, clean_loss, criterion.last_robust_losses.mean(), logits, lb, y, criterion.last_weights,
+                  loss_weight=loss_weight)
     stats = meter.read()
+    # The deferred input checks of the step (no host sync there), read at the epoch's logging point.
+    for hook in (classifier, criterion, autoeps):
+        hook.check(f"epoch {epoch}")
     stats.update(eps_base=autoeps.get_eps(), kappa=kappa, beta=beta if method == "CROWN-IBP" else None,
                  **{f"autoeps_{k}": v for k, v in autoeps.stats().items()})
     stats.update(train_method.coefficients(ramp))  # e.g. SABR's lambda, CC-/MTL-IBP's alpha
@@ -147,13 +167,22 @@ def train(cfg: DictConfig, hydra_files: Optional[dict] = None) -> dict:
 
     The run directory is locked for the run. ``config.yaml`` and ``hydra_files`` (path in the run directory ->
     text, e.g. ``.hydra/overrides.yaml``) are written only once the run may go ahead: a refused resume leaves the
-    directory as it was.
+    directory as it was. Under torchrun or a multi-task SLURM step every rank runs this; rank 0 alone holds the
+    lock and writes files.
     """
     recipe.validate(cfg)
-    run_dir = recipe.run_directory(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with rundir.RunLock(run_dir):
-        return _train(cfg, run_dir, hydra_files or {})
+    env, group = distributed.setup(resolve_device(cfg.trainer.device))
+    try:
+        run_dir = recipe.run_directory(cfg)
+        device = distributed.rank_device(resolve_device(cfg.trainer.device), env)
+        if not distributed.is_main(group):
+            logging.getLogger().setLevel(logging.WARNING)  # one log: the other ranks report warnings and errors
+            return _train(cfg, run_dir, hydra_files or {}, device, group)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with rundir.RunLock(run_dir):
+            return _train(cfg, run_dir, hydra_files or {}, device, group)
+    finally:
+        distributed.teardown(group)
 
 
 def _load_resume_state(cfg: DictConfig, run_dir: Path, device) -> Optional[dict]:
@@ -174,9 +203,12 @@ def _load_resume_state(cfg: DictConfig, run_dir: Path, device) -> Optional[dict]
     return state
 
 
-def _claim_run_directory(cfg: DictConfig, run_dir: Path, state: Optional[dict], hydra_files: dict) -> None:
+def _claim_run_directory(cfg: DictConfig, run_dir: Path, state: Optional[dict], hydra_files: dict,
+                         world_size: int) -> None:
     """The checks passed: record this run's config, and leave only the files it stands behind."""
-    rundir.write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    saved["world_size"] = world_size  # how many ranks trained it (the run's numbers are the same otherwise)
+    rundir.write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(saved)))
     for name, text in hydra_files.items():
         rundir.write_text_atomically(run_dir / name, text)
     last_path, metrics_path = run_dir / "last.pt", run_dir / "metrics.jsonl"
@@ -193,8 +225,9 @@ def _claim_run_directory(cfg: DictConfig, run_dir: Path, state: Optional[dict], 
     (run_dir / "final.json").unlink(missing_ok=True)  # trainer.epochs grew: the old one no longer describes the run
 
 
-def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict) -> dict:
-    device = resolve_device(cfg.trainer.device)
+def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict, device: torch.device, group) -> dict:
+    main = distributed.is_main(group)
+    world_size = distributed.world_size(group)
     last_path, best_path, metrics_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.jsonl"
     final_path = run_dir / "final.json"
     state = _load_resume_state(cfg, run_dir, device)
@@ -202,24 +235,29 @@ def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict) -> dict:
         log.info("%s has finished (epoch %d, final.json written): nothing to train, final.json kept", run_dir,
                  state["epoch"])
         return json.loads(final_path.read_text())
-    monitor = DivergenceMonitor(cfg.trainer.divergence_factor, device=device,
+    monitor = DivergenceMonitor(cfg.trainer.divergence_factor, device=device, process_group=group,
                                 hint=f"lower schedule.lr (now {cfg.schedule.lr:g}; optimizer.lr follows it), or "
                                      "ramp eps more slowly (schedule.eps_scheduler)")
-    _claim_run_directory(cfg, run_dir, state, hydra_files)
+    distributed.barrier(group)  # every rank has read its checkpoint before rank 0 tidies the directory
+    if main:
+        _claim_run_directory(cfg, run_dir, state, hydra_files, world_size)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
 
     dataset = recipe.train_dataset(cfg)
     info = recipe.data_info(dataset)
-    classifier = recipe.build_classifier(cfg.model.name, info, device=device)
-    criterion, autoeps = recipe.build_hooks(cfg, num_examples=len(dataset), device=device)
+    # Input checks deferred to the epoch's logging point: the step never waits for the device.
+    classifier = recipe.build_classifier(cfg.model.name, info, device=device, sync_checks=False)
+    criterion, autoeps = recipe.build_hooks(cfg, num_examples=len(dataset), device=device, process_group=group,
+                                            sync_checks=False)
     optimizer, lr_scheduler = recipe.build_optimization(cfg, classifier)
-    val_loader = recipe.test_loader(cfg, num_examples=cfg.trainer.val_examples)
+    val_loader = recipe.test_loader(cfg, num_examples=cfg.trainer.val_examples, group=group)
     if state is not None:
         _check_data_matches(state, info, state["path"])
 
     start_epoch, best = 1, {"epoch": None, "val_verified_error": math.inf}
-    show_progress = cfg.trainer.progress and sys.stderr.isatty()  # bars in a log file would garble its lines
+    # Bars only on a terminal (in a log file they would garble its lines), and from rank 0 only.
+    show_progress = cfg.trainer.progress and main and sys.stderr.isatty()
     if state is not None:
         classifier.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -230,32 +268,39 @@ def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict) -> dict:
         checkpoint.set_rng_state(state["rng"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         log.info("resumed from %s at epoch %d", state["path"], state["epoch"])
+    # Same weights on every rank (seeded alike already; this also covers a model with random buffers).
+    distributed.broadcast_state(classifier, group)
 
     loader_generator = torch.Generator()
-    autoeps.set_epoch_length(len(recipe.train_loader(cfg, dataset, loader_generator)))
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch)
+    autoeps.set_epoch_length(len(recipe.train_loader(cfg, dataset, loader_generator, group)))
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch) if main else None
     for epoch in range(start_epoch, cfg.trainer.epochs + 1):
         started = time.time()
         # Shuffling order depends only on (seed, epoch), so a resumed run sees the same batches.
         loader_generator.manual_seed(cfg.seed * 100003 + epoch)
-        loader = recipe.train_loader(cfg, dataset, loader_generator)
+        loader = recipe.train_loader(cfg, dataset, loader_generator, group)
         monitor.start_epoch()
         try:
-            stats = train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, show_progress, monitor)
+            stats = train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, show_progress,
+                                monitor, group=group)
         except Exception as error:  # e.g. a hook's own NaN check: say so if training diverged
             monitor.check_failure(epoch, error, classifier.model)
             raise
         monitor.check(epoch)
         lr = optimizer.param_groups[0]["lr"]
         lr_scheduler.step()
+        distributed.broadcast_state(classifier, group)  # rank 0's BatchNorm statistics on every rank
         val = evaluate_classifier(classifier, val_loader, cfg.schedule.eps_eval, methods=["IBP"], pgd_steps=0,
-                                  progress=False)
+                                  progress=False, group=group)
+        classifier.check(f"epoch {epoch} (validation)")
         record = {"epoch": epoch, **stats, "lr": lr, "val_clean_error": val["clean_error"],
-                  "val_verified_error": val["verified_error"], "seconds": round(time.time() - started, 2)}
-        rundir.append_metrics(metrics_path, record)
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key != "epoch":
-                writer.add_scalar(key, value, epoch)
+                  "val_verified_error": val["verified_error"], "seconds": round(time.time() - started, 2),
+                  "world_size": world_size}
+        if main:
+            rundir.append_metrics(metrics_path, record)
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    writer.add_scalar(key, value, epoch)
         log.info("epoch %d/%d loss %.4f clean err %.4f verified err (IBP, eps %.4g) %.4f | eps_base %.4g "
                  "mean weight %.3f mean offset %.4g | val verified err %.4f | %.1fs", epoch, cfg.trainer.epochs,
                  stats["loss"], stats["clean_error"], stats["eps_base"], stats["verified_error"], stats["eps_base"],
@@ -265,33 +310,36 @@ def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict) -> dict:
         if is_best:
             best = {"epoch": epoch, "val_verified_error": val["verified_error"]}
         is_checkpoint = epoch % cfg.trainer.checkpoint_every == 0 or epoch == cfg.trainer.epochs
-        if is_checkpoint:
+        if main and is_checkpoint:
             save_run_state(last_path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best,
                            monitor, rotate=True)
-        if is_best and is_checkpoint:
-            checkpoint.copy_atomically(last_path, best_path)
-        elif is_best:
+            if is_best:
+                checkpoint.copy_atomically(last_path, best_path)
+        elif main and is_best:
             save_run_state(best_path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best,
                            monitor)
         if cfg.trainer.stop_after_epochs is not None and epoch >= cfg.trainer.stop_after_epochs:
             log.info("stopping after epoch %d as trainer.stop_after_epochs asks; resume with trainer.resume=true",
                      epoch)
-            writer.close()
+            if writer is not None:
+                writer.close()
             return {"stopped_at_epoch": epoch}
-    writer.close()
-    if not best_path.exists() and last_path.exists():
+    if writer is not None:
+        writer.close()
+    if main and not best_path.exists() and last_path.exists():
         # eps_train never reached (a short run): the last epoch is the best we have.
         checkpoint.copy_atomically(last_path, best_path)
 
     log.info("final evaluation at eps %g on the test set", cfg.schedule.eps_eval)
-    final = evaluate_classifier(classifier, recipe.test_loader(cfg), cfg.schedule.eps_eval,
+    final = evaluate_classifier(classifier, recipe.test_loader(cfg, group=group), cfg.schedule.eps_eval,
                                 methods=list(cfg.eval.methods), pgd_steps=cfg.eval.pgd_steps,
                                 crown_max_relu_units=cfg.eval.crown_max_relu_units,
                                 alpha_crown_iterations=cfg.eval.alpha_crown_iterations, progress=show_progress,
-                                crown_limit_key="eval.crown_max_relu_units")
-    final.update(epochs=cfg.trainer.epochs, best_epoch=best["epoch"])
-    rundir.write_text_atomically(final_path, json.dumps(final, indent=2))
-    log.info("final: clean err %.4f, PGD err %.4f, verified err %.4f %s%s", final["clean_error"],
+                                crown_limit_key="eval.crown_max_relu_units", group=group)
+    final.update(epochs=cfg.trainer.epochs, best_epoch=best["epoch"], world_size=world_size)
+    if main:
+        rundir.write_text_atomically(final_path, json.dumps(final, indent=2))
+    log.info("final: clean err %.4f, PGD err %.4f, verified err %s %s%s", final["clean_error"],
              final["pgd_error"], final["verified_error"], final["verified_error_by_method"],
              f" (skipped: {final['skipped']})" if final["skipped"] else "")
     return final

@@ -201,3 +201,16 @@ def test_bad_margins_leave_offsets_unchanged(visited):
     with pytest.raises(ValueError, match=r"in \[-1, 1\]; 2 bad value\(s\)"):
         visited.update(indices, torch.tensor([-1.5, 0.0, float("inf")]))
     assert visited.offsets.tolist() == pytest.approx([0.2, 0, 0, 0.1, 0, 0])
+
+
+def test_deferred_margin_check_leaves_the_offsets_and_raises_from_check():
+    from auto_LiRPA.eps_scheduler import FixedScheduler
+    from lirpa_reweight.autoeps import AutoEpsScheduler
+    scheduler = AutoEpsScheduler(FixedScheduler(0.1), 4, maxoff=0.5, device="cpu", sync_checks=False)
+    scheduler.train()
+    scheduler.update(torch.tensor([0, 1]), torch.tensor([-0.5, float("nan")]))
+    assert scheduler.offsets.tolist() == [0.0, 0.0, 0.0, 0.0]
+    scheduler.update(torch.tensor([2, 3]), torch.tensor([-0.5, 0.2]))
+    assert scheduler.offsets.tolist() == [0.0, 0.0, 0.25, 0.0]
+    with pytest.raises(ValueError, match=r"epoch 2: AutoEpsScheduler.update got margins .* in 1 value\(s\)"):
+        scheduler.check("epoch 2")

@@ -46,13 +46,15 @@ def test_every_variant_is_timed_and_the_ratios_are_printed(benchmark, tmp_path):
         memory = row["peak_step_memory_bytes"]
         assert memory is None or memory >= 0, name
     assert rows["plain"]["ratio_to_plain"] == pytest.approx(1.0)
+    # Every variant's step, the hooks included, runs without a host synchronisation.
+    assert {name: row["host_syncs"] for name, row in rows.items()} == {name: 0 for name in rows}
     assert set(result["overheads_percent"]) == {"hooks IBP", "hooks CROWN-IBP", "wrapper IBP", "wrapper CROWN-IBP"}
 
     # The Markdown table: a header, an alignment row and one row per variant, in order.
     table = [line for line in printed.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(benchmark.VARIANTS)
     assert [line.split("|")[1].strip() for line in table[2:]] == list(benchmark.VARIANTS)
-    for line in ("hooks overhead", "wrapper overhead", "IBP step / plain step", "peak step memory:"):
+    for line in ("hooks overhead", "wrapper overhead", "IBP step / plain step", "peak step memory:", "host syncs:"):
         assert line in printed
 
     # The plain-text layout of the same result names every variant too.

@@ -193,3 +193,16 @@ def test_bad_constructor_arguments():
         BoundedClassifier(small_cnn(), torch.rand(2, 1, 8, 8), mean=[0.5], std=[0.0])
     with pytest.raises(ValueError, match="data_range"):
         BoundedClassifier(small_cnn(), torch.rand(2, 1, 8, 8), data_range=(1.0, 0.0))
+
+
+def test_deferred_eps_and_label_checks_raise_from_check():
+    from torch import nn
+    from lirpa_reweight.bounds import BoundedClassifier
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    clf = BoundedClassifier(model, torch.rand(2, 1, 2, 2), device="cpu", sync_checks=False)
+    x = torch.rand(3, 1, 2, 2)
+    clf.certify(x, torch.tensor([0, 3, -1]), torch.tensor([0.1, -0.1, float("nan")]))
+    with pytest.raises(ValueError, match=r"epoch 5: eps was negative or not finite in 2 value\(s\); "
+                                         r"labels were outside \[0, num_classes\) in 2 value\(s\)"):
+        clf.check("epoch 5")

@@ -190,3 +190,16 @@ def test_non_finite_bounds_name_count_and_positions():
     lb[4, 3] = float("-inf")
     with pytest.raises(ValueError, match=r"NaN or inf in 2 of 6 examples, at batch positions \[1, 4\]"):
         WeightedRobustLoss()(lb)
+
+
+def test_deferred_checks_count_on_the_device_and_raise_from_check():
+    from lirpa_reweight.reweight import WeightedRobustLoss
+    loss = WeightedRobustLoss(sync_checks=False)
+    lb = torch.tensor([[0.1, float("inf")], [0.2, 0.3]])
+    loss(lb)  # no error yet: counted, not read
+    loss(torch.tensor([[float("nan"), 0.0]]))
+    with pytest.raises(ValueError, match=r"epoch 3: lb had NaN or inf in 2 value\(s\)"):
+        loss.check("epoch 3")
+    loss.check("epoch 4")  # reported once
+    with pytest.raises(ValueError, match="lb has NaN or inf"):
+        WeightedRobustLoss()(lb)  # the default still raises at once
