@@ -16,7 +16,9 @@ from . import checkpoint
 from .autoeps import AutoEpsScheduler
 from .bounds import METHODS, BoundedClassifier, resolve_device
 from .data import DATASETS, build_dataset
+from .init import apply_init
 from .models import MODELS, build_model
+from .regularizers import WarmupRegularizer
 from .reweight import WeightedRobustLoss
 
 
@@ -89,8 +91,8 @@ def data_info(dataset) -> dict:
                 mean=None if info.mean is None else list(info.mean), std=None if info.std is None else list(info.std))
 
 
-def build_classifier(model_name: str, info: dict, device=None) -> BoundedClassifier:
-    model = build_model(model_name, tuple(info["in_shape"]), info["num_classes"])
+def build_classifier(model_name: str, info: dict, device=None, init: str = "default") -> BoundedClassifier:
+    model = apply_init(build_model(model_name, tuple(info["in_shape"]), info["num_classes"]), init)
     example = torch.rand(2, *info["in_shape"])  # batch 2: train-mode BatchNorm needs more than one example
     return BoundedClassifier(model, example, device=device, mean=info["mean"], std=info["std"])
 
@@ -99,6 +101,19 @@ def build_hooks(cfg: DictConfig, num_examples: int, device) -> tuple[WeightedRob
     criterion = WeightedRobustLoss(gamma=cfg.reweight.gamma, alpha=cfg.reweight.alpha)
     base_scheduler = instantiate(cfg.schedule.eps_scheduler)
     return criterion, AutoEpsScheduler(base_scheduler, num_examples, maxoff=cfg.autoeps.maxoff, device=device)
+
+
+def build_regularizer(cfg: DictConfig) -> Optional[WarmupRegularizer]:
+    """Shi et al.'s warm-up regulariser for ``regularizer=shi``; None for ``regularizer=none``."""
+    reg = cfg.regularizer
+    if reg.name == "none":
+        return None
+    if reg.name != "shi":
+        raise ValueError(f"bad config value regularizer.name={reg.name!r}: one of ['none', 'shi']")
+    for key, ok, allowed in (("tol", reg.tol > 0, "a number > 0"), ("lambda", reg["lambda"] >= 0, "a number >= 0")):
+        if not ok:
+            raise ValueError(f"bad config value regularizer.{key}={reg[key]!r}: {allowed}")
+    return WarmupRegularizer(tol=reg.tol, lam=reg["lambda"])
 
 
 def build_optimization(cfg: DictConfig, classifier: BoundedClassifier):

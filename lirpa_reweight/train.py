@@ -71,7 +71,8 @@ class EpochMeter:
                     verified_error=1 - verified, mean_weight=weight)
 
 
-def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, progress=True) -> dict:
+def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, progress=True,
+                regularizer=None) -> dict:
     classifier.train()
     autoeps.train()
     autoeps.step_epoch()
@@ -86,9 +87,13 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
         eps = autoeps.eps(index)
         logits, lb = classifier.certify(x, y, eps, method=method, beta=beta if method == "CROWN-IBP" else None)
         loss = criterion(lb, logits, y, kappa=kappa)
+        if regularizer is not None:  # Shi et al.'s warm-up terms, from the bounds certify just computed
+            loss = loss + regularizer(classifier.bounded, eps_base, autoeps.get_max_eps())
         autoeps.update(index, criterion.last_margins)  # eq. 6 margins at each example's own eps
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.trainer.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(classifier.parameters(), cfg.trainer.grad_clip)
         optimizer.step()
         with torch.no_grad():
             clean_loss = torch.nn.functional.cross_entropy(logits, y)
@@ -138,9 +143,10 @@ def train(cfg: DictConfig) -> dict:
 
     dataset = recipe.train_dataset(cfg)
     info = recipe.data_info(dataset)
-    classifier = recipe.build_classifier(cfg.model.name, info, device=device)
+    classifier = recipe.build_classifier(cfg.model.name, info, device=device, init=cfg.model.init)
     criterion, autoeps = recipe.build_hooks(cfg, num_examples=len(dataset), device=device)
     optimizer, lr_scheduler = recipe.build_optimization(cfg, classifier)
+    regularizer = recipe.build_regularizer(cfg)
     val_loader = recipe.test_loader(cfg, num_examples=cfg.trainer.val_examples)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
 
@@ -178,7 +184,8 @@ def train(cfg: DictConfig) -> dict:
         # Shuffling order depends only on (seed, epoch), so a resumed run sees the same batches.
         loader_generator.manual_seed(cfg.seed * 100003 + epoch)
         loader = recipe.train_loader(cfg, dataset, loader_generator)
-        stats = train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, cfg.trainer.progress)
+        stats = train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, cfg.trainer.progress,
+                            regularizer=regularizer)
         lr = optimizer.param_groups[0]["lr"]
         lr_scheduler.step()
         val = evaluate_classifier(classifier, val_loader, cfg.schedule.eps_eval, methods=["IBP"], pgd_steps=0,
