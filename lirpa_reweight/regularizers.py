@@ -61,17 +61,23 @@ def input_bounds(bounded) -> tuple[torch.Tensor, torch.Tensor]:
 
 def tightness_term(input_radius: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, tol: float) -> torch.Tensor:
     """Shi et al.'s L_tightness for one ReLU: ``relu(tol - mean r_0 / mean r) / tol``."""
-    radius = ((upper - lower) / 2).mean()
+    radius = (upper.mean() - lower.mean()) / 2  # mean((u - l) / 2) without a full-size temporary
     return F.relu(tol - input_radius / radius.clamp(min=_TINY)) / tol
 
 
 def relu_balance_term(lower: torch.Tensor, upper: torch.Tensor, tol: float) -> torch.Tensor:
     """Shi et al.'s L_relu for one ReLU: balance of active and inactive units in mean and in variance."""
-    center = (upper + lower) / 2
-    active, inactive = (lower > 0).to(center.dtype), (upper < 0).to(center.dtype)
-    mean_act, mean_inact = (center * active).mean(), -(center * inactive).mean()
-    delta = (center - center.mean()) ** 2
-    var_act, var_inact = (delta * active).sum(), (delta * inactive).sum()
+    # Written with few full-size temporaries (each costs more than the arithmetic on a CPU):
+    # sum(c * mask) = sum((c - mean c) * mask) + mean c * count(mask), and the squared deviations by dot products.
+    count = lower.numel()
+    mean_center = (upper.mean() + lower.mean()) / 2
+    deviation = (upper + lower) / 2 - mean_center
+    # Float masks, made once: a bool operand would be converted again in the backward pass.
+    active, inactive = (lower > 0).to(deviation.dtype), (upper < 0).to(deviation.dtype)
+    dev_act, dev_inact = (deviation * active).flatten(), (deviation * inactive).flatten()
+    mean_act = (dev_act.sum() + mean_center * active.sum()) / count
+    mean_inact = -(dev_inact.sum() + mean_center * inactive.sum()) / count
+    var_act, var_inact = torch.dot(dev_act, dev_act), torch.dot(dev_inact, dev_inact)
 
     def folded(num, den):
         ratio = num / den.clamp(min=_TINY)

@@ -137,8 +137,9 @@ def test_fast_presets_carry_shi_et_al_numbers(experiment, expected):
 
 def test_mnist_fast_quick_differs_from_mnist_quick_only_in_the_fast_changes():
     quick, fast = resolved("+experiment=mnist_quick"), resolved("+experiment=mnist_fast_quick")
-    differing = {f"{group}.{key}" for group in quick if isinstance(quick[group], dict) or OmegaConf.is_dict(quick[group])
-                 for key in quick[group] if quick[group][key] != fast[group][key]}
+    groups = [group for group in quick if OmegaConf.is_dict(quick[group])]
+    differing = {f"{group}.{key}" for group in groups for key in quick[group] if quick[group][key] != fast[group][key]}
+    assert {key for key in quick if key not in groups and quick[key] != fast[key]} == {"name"}
     assert differing == {"model.name", "model.init", "regularizer.name", "regularizer.lambda", "trainer.grad_clip"}
     assert fast.model.name == "cnn_4layer_bn" and quick.model.name == "cnn_4layer"
 
