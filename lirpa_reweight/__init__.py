@@ -8,6 +8,8 @@ compat.apply()
 
 from .autoeps import AutoEpsScheduler  # noqa: E402
 from .bounds import METHODS, BoundedClassifier, CertifiedBatch, bound_margin, worst_case_logits  # noqa: E402
+from .init import ibp_init_  # noqa: E402
+from .regularizers import WarmupRegularizer  # noqa: E402
 from .reweight import WeightedRobustLoss  # noqa: E402
 
 __version__ = "0.1.0"
@@ -20,4 +22,6 @@ __all__ = [
     "CertifiedBatch",
     "bound_margin",
     "worst_case_logits",
+    "ibp_init_",
+    "WarmupRegularizer",
 ]
