@@ -3,7 +3,7 @@
 Every Conv/Linear weight but the last is drawn from N(0, sigma^2) with sigma = sqrt(2*pi) / fan_in, so that
 the expected width of an interval grows by a factor of about 1 per layer at initialisation instead of
 exploding (their ``manual_init.py``, ``ibp_init``). ``fan_in`` is torch's: ``in_features`` for Linear,
-``in_channels * kh * kw`` for Conv. Biases become zero; BatchNorm and the last (logit) layer keep their
+``in_channels * kh * kw`` for Conv. As in their code, biases, BatchNorm and the last (logit) layer keep their
 initialisation. Plain torch: usable on any model, from any training loop.
 """
 from __future__ import annotations
@@ -30,9 +30,10 @@ def ibp_init_(model: nn.Module, residual_layers: Iterable[str] = ()) -> nn.Modul
     Args:
         model: any module; its Conv/Linear layers are visited in ``named_modules`` order, and the last of
             them (the logit layer) is left untouched.
-        residual_layers: names (as in ``named_modules``) of layers whose output is added to a residual
-            branch; their std is halved, so that the sum of two branches keeps the interval growth of one
-            (Shi et al.'s ResNet case). The zoo's models are all feed-forward and need none.
+        residual_layers: names (as in ``named_modules``) of layers that read a residual sum (their input is
+            ``a + b``, possibly through a ReLU); their weights are halved, as Shi et al.'s ``ibp_init`` does
+            for every Conv/Linear node fed by a ``BoundAdd``, so that the sum of two branches keeps the interval
+            growth of one. The zoo's models are all feed-forward and need none.
     """
     layers = [(name, module) for name, module in model.named_modules() if isinstance(module, WEIGHTED)]
     if not layers:
@@ -44,10 +45,10 @@ def ibp_init_(model: nn.Module, residual_layers: Iterable[str] = ()) -> nn.Modul
         raise ValueError(f"residual_layers {sorted(unknown)} are not Conv/Linear layers of the model; "
                          f"its layers are {sorted(known)}")
     for name, layer in layers[:-1]:
-        std = ibp_std(layer.weight) * (0.5 if name in residual else 1.0)
-        layer.weight.normal_(0.0, std)
-        if layer.bias is not None:
-            layer.bias.zero_()
+        layer.weight.normal_(0.0, ibp_std(layer.weight))
+    for name, layer in layers:
+        if name in residual:  # after the redraw, and for the last layer too, as in Shi et al.'s code
+            layer.weight /= 2
     return model
 
 

@@ -116,8 +116,8 @@ def test_fast_recipes_compose_with_the_tactics_and_crown_ibp(experiment, extra):
     "experiment, expected",
     [
         ("mnist_fast", dict(model="cnn_7layer", data="mnist", epochs=70, batch=256, eps_train=0.4, eps_eval=0.4,
-                            sched="start=2,length=20", milestones=[50, 60], lr=5e-4)),
-        ("cifar_fast", dict(model="cnn_7layer", data="cifar10", epochs=160, batch=256, eps_train=8 / 255,
+                            sched="start=1,length=20", milestones=[50, 60], lr=5e-4)),
+        ("cifar_fast", dict(model="cnn_7layer", data="cifar10", epochs=160, batch=128, eps_train=8 / 255,
                             eps_eval=8 / 255, sched="start=2,length=80", milestones=[120, 140], lr=5e-4)),
     ],
 )

@@ -20,9 +20,11 @@ def big_net():
     )
 
 
-def test_every_hidden_weight_follows_the_formula_and_biases_are_zero():
+def test_every_hidden_weight_follows_the_formula_and_biases_are_kept():
     torch.manual_seed(0)
-    net = ibp_init_(big_net())
+    net = big_net()
+    biases = [layer.bias.clone() for layer in (net[0], net[4], net[7])]
+    ibp_init_(net)
     conv, first, second = net[0], net[4], net[7]
     # fan_in is in_channels * kh * kw for a convolution, in_features for a Linear.
     for layer, fan_in, tolerance in ((conv, 16 * 25, 0.03), (first, 64, 0.01), (second, 2000, 0.01)):
@@ -30,7 +32,9 @@ def test_every_hidden_weight_follows_the_formula_and_biases_are_zero():
         assert ibp_std(layer.weight) == pytest.approx(expected)
         assert layer.weight.std().item() == pytest.approx(expected, rel=tolerance)
         assert abs(layer.weight.mean().item()) < 5 * expected / math.sqrt(layer.weight.numel())
-        assert torch.count_nonzero(layer.bias) == 0
+    # Shi et al.'s ibp_init redraws weights only.
+    for layer, bias in zip((net[0], net[4], net[7]), biases):
+        assert torch.equal(layer.bias, bias)
 
 
 def test_last_layer_and_batch_norm_are_untouched():
