@@ -19,6 +19,8 @@ Variants:
                             mixes its bounds with IBP's by beta 0.5);
   ... + hooks               the same with both tactics on: ``AutoEpsScheduler.eps/update`` around an
                             auto_LiRPA ``FixedScheduler`` and ``WeightedRobustLoss(gamma=5, alpha=0.1)``;
+  IBP + warm-up regularisers  the IBP step plus Shi et al.'s (2021) warm-up terms (``WarmupRegularizer``,
+                            tol 0.5, lambda 0.5) read from the intermediate bounds, mid-ramp (eps = eps_max / 2);
   ... bare auto_LiRPA       the same step written as auto_LiRPA's examples/vision/simple_training.py
                             writes it: BoundedModule on the model, normalisation outside, C matrix,
                             ``compute_bounds(IBP=True, method=None)`` (+ the backward call for CROWN-IBP).
@@ -55,6 +57,7 @@ from lirpa_reweight import AutoEpsScheduler, BoundedClassifier, WeightedRobustLo
 from lirpa_reweight.data import DATASETS
 from lirpa_reweight.hostsync import count_host_syncs, optimizer_step_counters
 from lirpa_reweight.models import build_model
+from lirpa_reweight.regularizers import WarmupRegularizer
 from lirpa_reweight.reweight import robust_cross_entropy
 
 from auto_LiRPA import BoundedModule, BoundedTensor  # noqa: E402
@@ -73,7 +76,7 @@ RECIPE_PRESETS = {"mnist": ("mnist_quick", ["reweight=on", "autoeps=on"]), "cifa
 # a CPU finishes in seconds. On CUDA, 256 is the paper's memory-bound CROWN-IBP batch (cifar_crownibp).
 DEFAULT_BATCH = {("mnist", "cpu"): None, ("mnist", "cuda"): None, ("cifar", "cpu"): 32, ("cifar", "cuda"): 256}
 
-VARIANTS = ("plain", "IBP bare auto_LiRPA", "IBP", "IBP + hooks",
+VARIANTS = ("plain", "IBP bare auto_LiRPA", "IBP", "IBP + hooks", "IBP + warm-up regularisers",
             "CROWN-IBP bare auto_LiRPA", "CROWN-IBP", "CROWN-IBP + hooks")
 
 
@@ -107,7 +110,7 @@ def load_recipe(key: str) -> Recipe:
 
 @dataclass
 class Setup:
-    """One recipe's model, batch and the seven step functions, ready to run."""
+    """One recipe's model, batch and the eight step functions, ready to run."""
 
     recipe: Recipe
     in_shape: tuple
@@ -206,11 +209,21 @@ def build_setup(recipe: Recipe, batch_size: int, device: torch.device, seed: int
             finish(KAPPA * regular_ce + (1 - KAPPA) * robust_ce)
         return step
 
+    regularizer = WarmupRegularizer(tol=0.5, lam=0.5)
+
+    def ours_with_regularizer():
+        # Mid-ramp (weight lambda/2): the terms are computed; outside the ramp they cost nothing.
+        logits, lb = classifier.certify(x, y, recipe.eps, "IBP")
+        loss = KAPPA * F.cross_entropy(logits, y) + (1 - KAPPA) * robust_cross_entropy(lb).mean()
+        finish(loss + regularizer(classifier, recipe.eps, 2 * recipe.eps))
+
     steps = {"plain": plain}
     for method in ("IBP", "CROWN-IBP"):
         steps[f"{method} bare auto_LiRPA"] = bare_auto_lirpa(method)
         steps[method] = ours(method)
         steps[f"{method} + hooks"] = ours_with_hooks(method)
+        if method == "IBP":
+            steps["IBP + warm-up regularisers"] = ours_with_regularizer
     assert tuple(steps) == VARIANTS
     return Setup(recipe, in_shape, batch_size, device, steps, optimizer)
 
@@ -340,6 +353,7 @@ def summarize(setup: Setup, times: dict, memory: dict, syncs: Optional[dict] = N
     for method in ("IBP", "CROWN-IBP"):
         overheads[f"hooks {method}"] = paired_overhead(times, f"{method} + hooks", method)
         overheads[f"wrapper {method}"] = paired_overhead(times, method, f"{method} bare auto_LiRPA")
+    overheads["warm-up regularisers IBP"] = paired_overhead(times, "IBP + warm-up regularisers", "IBP")
     recipe = setup.recipe
     return dict(recipe=recipe.key, experiment=recipe.experiment, model=recipe.model, dataset=recipe.dataset,
                 in_shape=list(setup.in_shape), batch_size=setup.batch_size, eps=recipe.eps, maxoff=recipe.maxoff,
@@ -387,6 +401,8 @@ def format_result(result: dict, markdown: bool) -> str:
     lines += ["",
               f"hooks overhead (ours + hooks vs ours, per-round paired): IBP {pct('hooks IBP')}, "
               f"CROWN-IBP {pct('hooks CROWN-IBP')}",
+              f"warm-up regularisers overhead (IBP + regularisers vs IBP, per-round paired, during the ramp only): "
+              f"{pct('warm-up regularisers IBP')}",
               f"wrapper overhead (BoundedClassifier vs bare auto_LiRPA, per-round paired): IBP {pct('wrapper IBP')}, "
               f"CROWN-IBP {pct('wrapper CROWN-IBP')}",
               f"IBP step / plain step: {ratio['IBP']:.2f}x (floor about 3: clean, centre and radius passes); "

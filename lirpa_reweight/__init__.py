@@ -25,6 +25,8 @@ _EXPORTS = {
     "CertifiedBatch": "bounds",
     "bound_margin": "bounds",
     "worst_case_logits": "bounds",
+    "ibp_init_": "init",
+    "WarmupRegularizer": "regularizers",
 }
 
 __all__ = list(_EXPORTS)

@@ -169,6 +169,11 @@ def train_checks() -> dict[str, Check]:
         "data.data_seed": integer(),
         # model and bound
         "model.name": choice(_model_names()),
+        "model.init": choice(("default", "ibp")),
+        # Shi et al.'s warm-up regularisers (conf/regularizer/)
+        "regularizer.name": choice(("none", "shi")),
+        "regularizer.tol": number(above=0.0),
+        "regularizer.lambda": number(minimum=0.0),
         "bound.method": choice(_training_methods()),
         # the options of SABR, CC-IBP, MTL-IBP (their own groups under conf/bound/)
         "bound.lambda_start": number(0.0, 1.0),
@@ -216,6 +221,7 @@ def train_checks() -> dict[str, Check]:
         "trainer.val_examples": optional(integer(1), "the whole test split"),
         "trainer.progress": boolean(),
         "trainer.deterministic": boolean(),
+        "trainer.grad_clip": optional(number(above=0.0), "no gradient clipping"),
         "trainer.divergence_factor": optional(number(above=1.0), "stop only on non-finite losses"),
         # final evaluation
         "eval.methods": method_list(_methods()),

@@ -6,8 +6,9 @@ Linear, the shape auto_LiRPA traces best. There is no normalisation layer inside
 computed from the input shape, so each model builds for MNIST (1x28x28),
 CIFAR-10 (3x32x32) or any other input that its convolutions do not shrink away.
 
-Weights use PyTorch's default initialisation. Shi et al. (2021) propose an "IBP
-initialisation" for cnn_7layer; it is not applied here.
+Weights use PyTorch's default initialisation; ``lirpa_reweight.init.ibp_init_`` applies Shi et al.'s (2021)
+IBP initialisation to any of them. The ``*_bn`` models are BatchNorm twins (BN after every hidden layer, as in
+Shi et al.'s fast training); there are no residual blocks in the zoo.
 """
 from __future__ import annotations
 
@@ -87,6 +88,16 @@ def cnn_4layer(in_shape: tuple[int, int, int], num_classes: int) -> nn.Sequentia
     return feedforward_cnn(in_shape, num_classes, [Conv(16, 4, 2, 1), Conv(32, 4, 2, 1)], [100])
 
 
+def dm_small_bn(in_shape: tuple[int, int, int], num_classes: int) -> nn.Sequential:
+    # DM-small with BatchNorm after every hidden layer (Shi et al. 2021 put BN after every conv/linear layer).
+    return feedforward_cnn(in_shape, num_classes, [Conv(16, 4, 2, 0), Conv(32, 4, 1, 0)], [100], batch_norm=True)
+
+
+def cnn_4layer_bn(in_shape: tuple[int, int, int], num_classes: int) -> nn.Sequential:
+    # cnn_4layer with BatchNorm after every hidden layer: the CPU-sized model of the fast recipes.
+    return feedforward_cnn(in_shape, num_classes, [Conv(16, 4, 2, 1), Conv(32, 4, 2, 1)], [100], batch_norm=True)
+
+
 def cnn_7layer(in_shape: tuple[int, int, int], num_classes: int) -> nn.Sequential:
     # Shi et al. 2021 "cnn" = cnn_7layer_bn2 (Fast-Certified-Robust-Training models/feedforward.py): DM-large + BN.
     return feedforward_cnn(in_shape, num_classes, DM_LARGE_CONVS, [512], batch_norm=True)
@@ -97,6 +108,8 @@ MODELS: dict[str, Callable[[tuple[int, int, int], int], nn.Module]] = {
     "dm_medium": dm_medium,
     "dm_large": dm_large,
     "cnn_4layer": cnn_4layer,
+    "dm_small_bn": dm_small_bn,
+    "cnn_4layer_bn": cnn_4layer_bn,
     "cnn_7layer": cnn_7layer,
 }
 

@@ -17,7 +17,9 @@ from .autoeps import AutoEpsScheduler
 from . import methods
 from .bounds import BoundedClassifier, resolve_device
 from .data import build_dataset
+from .init import apply_init
 from .models import build_model
+from .regularizers import WarmupRegularizer
 from .reweight import WeightedRobustLoss
 
 
@@ -100,8 +102,9 @@ def data_info(dataset) -> dict:
                 mean=None if info.mean is None else list(info.mean), std=None if info.std is None else list(info.std))
 
 
-def build_classifier(model_name: str, info: dict, device=None, sync_checks: bool = True) -> BoundedClassifier:
-    model = build_model(model_name, tuple(info["in_shape"]), info["num_classes"])
+def build_classifier(model_name: str, info: dict, device=None, sync_checks: bool = True,
+                     init: str = "default") -> BoundedClassifier:
+    model = apply_init(build_model(model_name, tuple(info["in_shape"]), info["num_classes"]), init)
     example = torch.rand(2, *info["in_shape"])  # batch 2: train-mode BatchNorm needs more than one example
     return BoundedClassifier(model, example, device=device, mean=info["mean"], std=info["std"],
                              sync_checks=sync_checks)
@@ -127,6 +130,19 @@ def build_method(cfg: DictConfig):
     if cfg.bound.method == "CROWN-IBP":
         options.update(beta_start=cfg.schedule.beta_start, beta_end=cfg.schedule.beta_end)
     return methods.build_method(cfg.bound.method, **options)
+
+
+def build_regularizer(cfg: DictConfig) -> Optional[WarmupRegularizer]:
+    """Shi et al.'s warm-up regulariser for ``regularizer=shi``; None for ``regularizer=none``."""
+    reg = cfg.regularizer
+    if reg.name == "none":
+        return None
+    if reg.name != "shi":
+        raise ValueError(f"bad config value regularizer.name={reg.name!r}: one of ['none', 'shi']")
+    for key, ok, allowed in (("tol", reg.tol > 0, "a number > 0"), ("lambda", reg["lambda"] >= 0, "a number >= 0")):
+        if not ok:
+            raise ValueError(f"bad config value regularizer.{key}={reg[key]!r}: {allowed}")
+    return WarmupRegularizer(tol=reg.tol, lam=reg["lambda"])
 
 
 def build_optimization(cfg: DictConfig, classifier: BoundedClassifier):

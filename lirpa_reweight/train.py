@@ -92,8 +92,9 @@ class EpochMeter:
 
 
 def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, progress=True, monitor=None,
-                group=None) -> dict:
-    """One epoch; ``group`` is the ranks' process group under DDP (None for one process)."""
+                group=None, regularizer=None) -> dict:
+    """One epoch; ``group`` is the ranks' process group under DDP (None for one process); ``regularizer`` adds
+    Shi et al.'s warm-up terms to the loss (None: none)."""
     classifier.train()
     autoeps.train()
     autoeps.step_epoch()
@@ -112,12 +113,16 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
         ramp = ramp_progress(cfg, eps_base)
         logits, lb, robust_losses = train_method(classifier, x, y, eps, ramp)
         loss = criterion(lb, logits, y, kappa=kappa, robust_losses=robust_losses)
+        if regularizer is not None:  # Shi et al.'s warm-up terms, from the bounds the method just computed
+            loss = loss + regularizer(classifier.bounded, eps_base, autoeps.get_max_eps())
         if monitor is not None:
             monitor.observe(loss)  # device-side; read at the epoch's end
         autoeps.update(index, criterion.last_margins)  # eq. 6 margins at each example's own eps
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(classifier.parameters(), group)
+        if cfg.trainer.grad_clip is not None:  # after averaging: every rank clips the same gradient alike
+            torch.nn.utils.clip_grad_norm_(classifier.parameters(), cfg.trainer.grad_clip)
         optimizer.step()
         with torch.no_grad():
             clean_loss = torch.nn.functional.cross_entropy(logits, y)
@@ -247,10 +252,11 @@ def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict, device: torch.devi
     dataset = recipe.train_dataset(cfg)
     info = recipe.data_info(dataset)
     # Input checks deferred to the epoch's logging point: the step never waits for the device.
-    classifier = recipe.build_classifier(cfg.model.name, info, device=device, sync_checks=False)
+    classifier = recipe.build_classifier(cfg.model.name, info, device=device, sync_checks=False, init=cfg.model.init)
     criterion, autoeps = recipe.build_hooks(cfg, num_examples=len(dataset), device=device, process_group=group,
                                             sync_checks=False)
     optimizer, lr_scheduler = recipe.build_optimization(cfg, classifier)
+    regularizer = recipe.build_regularizer(cfg)
     val_loader = recipe.test_loader(cfg, num_examples=cfg.trainer.val_examples, group=group)
     if state is not None:
         _check_data_matches(state, info, state["path"])
@@ -282,7 +288,7 @@ def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict, device: torch.devi
         monitor.start_epoch()
         try:
             stats = train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, show_progress,
-                                monitor, group=group)
+                                monitor, group=group, regularizer=regularizer)
         except Exception as error:  # e.g. a hook's own NaN check: say so if training diverged
             monitor.check_failure(epoch, error, classifier.model)
             raise

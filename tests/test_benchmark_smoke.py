@@ -48,13 +48,16 @@ def test_every_variant_is_timed_and_the_ratios_are_printed(benchmark, tmp_path):
     assert rows["plain"]["ratio_to_plain"] == pytest.approx(1.0)
     # Every variant's step, the hooks included, runs without a host synchronisation.
     assert {name: row["host_syncs"] for name, row in rows.items()} == {name: 0 for name in rows}
-    assert set(result["overheads_percent"]) == {"hooks IBP", "hooks CROWN-IBP", "wrapper IBP", "wrapper CROWN-IBP"}
+    assert set(result["overheads_percent"]) == {"hooks IBP", "hooks CROWN-IBP", "wrapper IBP", "wrapper CROWN-IBP",
+                                                "warm-up regularisers IBP"}
+    assert "IBP + warm-up regularisers" in rows
 
     # The Markdown table: a header, an alignment row and one row per variant, in order.
     table = [line for line in printed.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(benchmark.VARIANTS)
     assert [line.split("|")[1].strip() for line in table[2:]] == list(benchmark.VARIANTS)
-    for line in ("hooks overhead", "wrapper overhead", "IBP step / plain step", "peak step memory:", "host syncs:"):
+    for line in ("hooks overhead", "warm-up regularisers overhead", "wrapper overhead", "IBP step / plain step",
+                 "peak step memory:", "host syncs:"):
         assert line in printed
 
     # The plain-text layout of the same result names every variant too.
