@@ -55,6 +55,10 @@ def test_regulariser_changes_the_loss_only_during_the_ramp(tmp_path, monkeypatch
     assert all(0 < eps < eps_max and value > 0 for eps, eps_max, value in ramp_calls[1:])
     none = tmp_path / "none"
     shutil.copytree(shi, none)
+    # The same weights, recorded as a run without the regulariser (a resume refuses a changed training key).
+    state = torch.load(none / "last.pt", weights_only=False)
+    state["config"]["regularizer"] = {"name": "none", "tol": 0.5, "lambda": 0.0}
+    torch.save(state, none / "last.pt")
     Recording.calls = []
     train(compose_cfg(*TINY, "regularizer=shi", f"run_dir={shi}", "trainer.resume=true"))
     assert Recording.calls and all(eps == eps_max and value == 0.0 for eps, eps_max, value in Recording.calls)
