@@ -5,7 +5,9 @@ exporter, several of which moved or vanished in torch 2.x. Every patch here is
 chosen by feature detection (is the name missing? does the signature lack the
 keyword?), never by comparing version strings, so on a torch/auto_LiRPA pair
 where nothing is broken, :func:`apply` changes nothing. Applying it twice is
-harmless: each patch first checks whether its target already works.
+harmless: each patch first checks whether its target already works. Where torch
+lacks a name and its replacement is in none of the places searched (:data:`HOMES`),
+the import stops with a :class:`PatchTargetError` naming the patch and the places.
 
 ``import lirpa_reweight`` calls :func:`apply` before anything imports auto_LiRPA.
 """
