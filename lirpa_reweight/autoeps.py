@@ -253,5 +253,7 @@ class AutoEpsScheduler:
             return indices.to(self.device, non_blocking=True)
         outside = (indices < 0) | (indices >= self.num_examples)
         if outside.any():
-            raise IndexError(f"indices must lie in [0, {self.num_examples}); got {indices[outside][:5].tolist()}")
+            # The usual cause of an index past the end: len(loader), the number of batches, given as num_examples.
+            hint = " (num_examples must be len(dataset), not len(loader))" if (indices >= self.num_examples).any() else ""
+            raise IndexError(f"indices must lie in [0, {self.num_examples}); got {indices[outside][:5].tolist()}{hint}")
         return indices.to(self.device, non_blocking=True)

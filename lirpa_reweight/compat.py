@@ -5,7 +5,9 @@ exporter, several of which moved or vanished in torch 2.x. Every patch here is
 chosen by feature detection (is the name missing? does the signature lack the
 keyword?), never by comparing version strings, so on a torch/auto_LiRPA pair
 where nothing is broken, :func:`apply` changes nothing. Applying it twice is
-harmless: each patch first checks whether its target already works.
+harmless: each patch first checks whether its target already works. Where torch
+lacks a name and its replacement is in none of the places searched (:data:`HOMES`),
+the import stops with a :class:`PatchTargetError` naming the patch and the places.
 
 ``import lirpa_reweight`` calls :func:`apply` before anything imports auto_LiRPA.
 """
@@ -31,12 +33,61 @@ def _mark(function):
     return function
 
 
-def _torchscript_exporter_module(name: str):
-    """The torch >= 2.9 home of the old ``torch.onnx.<name>`` private helpers, or None."""
-    try:
-        return importlib.import_module(f"torch.onnx._internal.torchscript_exporter.{name}")
-    except ImportError:
-        return None
+class PatchTargetError(ImportError):
+    """A needed patch found its replacement nowhere: raised at import, not at the first bound."""
+
+
+# Where each moved piece of torch's TorchScript exporter lives, newest home first. torch 2.9 moved the
+# private helpers under torch.onnx._internal.torchscript_exporter; before that (2.0-2.8) GLOBALS sat in
+# torch.onnx._globals and the helpers in torch.onnx.utils / torch.onnx.symbolic_helper themselves.
+HOMES = {
+    "GLOBALS": ("torch.onnx._internal.torchscript_exporter._globals", "torch.onnx._globals"),
+    "_optimize_graph": ("torch.onnx._internal.torchscript_exporter.utils",),
+    "_node_get": ("torch.onnx._internal.torchscript_exporter.symbolic_helper",),
+}
+
+
+def find_target(patch: str, attribute: str, homes=None):
+    """The first module of ``homes`` (default ``HOMES[attribute]``) that has ``attribute``.
+
+    Raises :class:`PatchTargetError` naming the patch and every module searched when none has it.
+    """
+    homes = HOMES[attribute] if homes is None else homes
+    searched = []
+    for name in homes:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            searched.append(f"{name} (no such module)")
+            continue
+        if hasattr(module, attribute):
+            return module
+        searched.append(f"{name} (has no {attribute})")
+    raise PatchTargetError(
+        f"lirpa_reweight.compat: patch {patch} needs torch's {attribute}, but it is in none of: "
+        f"{'; '.join(searched)} (torch {torch.__version__}); this torch moved it again -- please report it"
+    )
+
+
+def torch_patch_targets() -> dict:
+    """For each torch-side patch: the module its replacement comes from, or None where torch needs no patch.
+
+    Resolves without installing anything; raises :class:`PatchTargetError` where a needed target is missing.
+    """
+    import torch.onnx.symbolic_helper as helper
+    import torch.onnx.utils as onnx_utils
+
+    def needed(owner, name):  # missing in torch, or already supplied by us
+        return not hasattr(owner, name) or f"{owner.__name__}.{name}" in APPLIED
+
+    targets = {}
+    for patch, owner, name, attribute in (
+        ("torch.onnx.utils._optimize_graph", onnx_utils, "_optimize_graph", "_optimize_graph"),
+        ("torch.onnx.symbolic_helper._set_opset_version", helper, "_set_opset_version", "GLOBALS"),
+        ("torch.onnx.symbolic_helper._node_get", helper, "_node_get", "_node_get"),
+    ):
+        targets[patch] = find_target(patch, attribute).__name__ if needed(owner, name) else None
+    return targets
 
 
 def _patch_optimize_graph() -> None:
@@ -45,8 +96,9 @@ def _patch_optimize_graph() -> None:
     if hasattr(onnx_utils, "_optimize_graph"):
         return
     # torch 2.9 moved _optimize_graph from torch.onnx.utils into torch.onnx._internal.torchscript_exporter.utils.
-    onnx_utils._optimize_graph = _torchscript_exporter_module("utils")._optimize_graph
-    APPLIED.append("torch.onnx.utils._optimize_graph")
+    patch = "torch.onnx.utils._optimize_graph"
+    onnx_utils._optimize_graph = find_target(patch, "_optimize_graph")._optimize_graph
+    APPLIED.append(patch)
 
 
 def _patch_set_opset_version() -> None:
@@ -54,14 +106,16 @@ def _patch_set_opset_version() -> None:
 
     if hasattr(helper, "_set_opset_version"):
         return
-    # torch 2.9 dropped symbolic_helper._set_opset_version; the opset now lives on the exporter's GLOBALS object.
-    globals_module = _torchscript_exporter_module("_globals")
+    # Newer torch dropped symbolic_helper._set_opset_version; the opset lives on the exporter's GLOBALS
+    # object, in torch.onnx._globals up to 2.8 and under torch.onnx._internal.torchscript_exporter from 2.9.
+    patch = "torch.onnx.symbolic_helper._set_opset_version"
+    globals_module = find_target(patch, "GLOBALS")
 
     def _set_opset_version(opset_version: int) -> None:
         globals_module.GLOBALS.export_onnx_opset_version = opset_version
 
-    helper._set_opset_version = _set_opset_version
-    APPLIED.append("torch.onnx.symbolic_helper._set_opset_version")
+    helper._set_opset_version = _mark(_set_opset_version)
+    APPLIED.append(patch)
 
 
 def _patch_node_get() -> None:
@@ -69,8 +123,9 @@ def _patch_node_get() -> None:
 
     if not hasattr(helper, "_node_get"):
         # torch 2.9's backward-compat symbolic_helper re-exports only public names; upstream auto_LiRPA 0.7 imports _node_get.
-        helper._node_get = _torchscript_exporter_module("symbolic_helper")._node_get
-        APPLIED.append("torch.onnx.symbolic_helper._node_get")
+        patch = "torch.onnx.symbolic_helper._node_get"
+        helper._node_get = find_target(patch, "_node_get")._node_get
+        APPLIED.append(patch)
     if not hasattr(torch._C.Node, "__getitem__"):
         # torch 2.x removed Node.__getitem__ (node["value"]); auto_LiRPA 0.3 reads attributes that way.
         torch._C.Node.__getitem__ = helper._node_get

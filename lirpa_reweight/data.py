@@ -115,11 +115,17 @@ SYNTHETIC = "synthetic"
 DATASET_NAMES: Tuple[str, ...] = tuple(DATASETS) + (SYNTHETIC,)
 
 
+# Other spellings in use: auto_LiRPA's examples say --data MNIST / CIFAR, torchvision says FashionMNIST / CIFAR10.
+ALIASES: Dict[str, str] = {"cifar": "cifar10", "cifar_10": "cifar10", "fashionmnist": "fashion_mnist"}
+
+
 def canonical_name(name: str) -> str:
-    """``name`` lower-cased with ``-`` as ``_``; ValueError naming it if it is not a known data set."""
+    """``name`` (any case, ``-`` or ``_``, or an alias) as a key of DATASETS; ValueError naming it if unknown."""
     key = str(name).strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
     if key not in DATASET_NAMES:
-        raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(DATASET_NAMES)}")
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASET_NAMES)} "
+                         f"(also {', '.join(sorted(ALIASES))}; case does not matter)")
     return key
 
 

@@ -1,8 +1,10 @@
 """The auto_LiRPA compatibility layer: targets exist, re-applying changes nothing, and it is applied on import."""
+import importlib
 import inspect
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import lirpa_reweight
@@ -35,12 +37,59 @@ def test_reapplying_installs_nothing_new_and_keeps_the_patched_objects():
     assert BoundedModule._named_members is members and BoundAveragePool.bound_backward is pool
 
 
+def test_each_torch_patch_target_resolves_on_this_torch():
+    import torch.onnx.symbolic_helper as helper
+    import torch.onnx.utils as onnx_utils
+
+    targets = compat.torch_patch_targets()
+    assert set(targets) == {"torch.onnx.utils._optimize_graph", "torch.onnx.symbolic_helper._set_opset_version",
+                            "torch.onnx.symbolic_helper._node_get"}
+    attribute = {"torch.onnx.utils._optimize_graph": "_optimize_graph",
+                 "torch.onnx.symbolic_helper._set_opset_version": "GLOBALS",
+                 "torch.onnx.symbolic_helper._node_get": "_node_get"}
+    for patch, module in targets.items():
+        # a patch is installed exactly where torch lacks the name, and then its target is a real module
+        assert (patch in compat.APPLIED) == (module is not None), (patch, module, compat.APPLIED)
+        if module is not None:
+            assert getattr(importlib.import_module(module), attribute[patch]) is not None
+    # whatever torch this is, the names auto_LiRPA imports exist once the patches are in
+    assert callable(onnx_utils._optimize_graph) and callable(helper._set_opset_version) and callable(helper._node_get)
+
+
+def test_a_patch_whose_target_is_nowhere_fails_naming_it_and_the_places_searched():
+    with pytest.raises(ImportError) as raised:
+        compat.find_target("torch.onnx.symbolic_helper._set_opset_version", "GLOBALS",
+                           homes=("torch.onnx._no_such_module", "torch.nn.functional"))
+    message = str(raised.value)
+    assert isinstance(raised.value, compat.PatchTargetError)
+    assert "torch.onnx.symbolic_helper._set_opset_version" in message
+    assert "torch.onnx._no_such_module (no such module)" in message
+    assert "torch.nn.functional (has no GLOBALS)" in message
+
+
+def test_a_needed_patch_without_target_fails_at_import_not_at_the_first_bound():
+    # Simulate a torch that dropped _set_opset_version and moved GLOBALS somewhere we do not search.
+    code = (
+        "import importlib, torch, torch.onnx.symbolic_helper as h\n"
+        "h.__dict__.pop('_set_opset_version', None)\n"
+        "for name in ('torch.onnx._internal.torchscript_exporter._globals', 'torch.onnx._globals'):\n"
+        "    try: importlib.import_module(name).__dict__.pop('GLOBALS', None)\n"
+        "    except ImportError: pass\n"
+        "import lirpa_reweight\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("lirpa_reweight.compat.PatchTargetError:"), out.stderr[-2000:]
+    assert "torch.onnx.symbolic_helper._set_opset_version" in last and "torch.onnx._globals" in last
+
+
 def test_set_opset_version_reaches_the_exporter_globals():
     import torch.onnx.symbolic_helper as helper
 
-    exporter_globals = compat._torchscript_exporter_module("_globals")
-    if exporter_globals is None:  # an older torch where the helper is torch's own
-        return
+    if "torch.onnx.symbolic_helper._set_opset_version" not in compat.APPLIED:
+        pytest.skip("this torch has its own symbolic_helper._set_opset_version: nothing of ours to check")
+    exporter_globals = compat.find_target("test", "GLOBALS")
     old = exporter_globals.GLOBALS.export_onnx_opset_version
     try:
         helper._set_opset_version(13)
