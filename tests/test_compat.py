@@ -76,6 +76,7 @@ def test_a_needed_patch_without_target_fails_at_import_not_at_the_first_bound():
         "    try: importlib.import_module(name).__dict__.pop('GLOBALS', None)\n"
         "    except ImportError: pass\n"
         "import lirpa_reweight\n"
+        "import auto_LiRPA\n"  # the patches go in when auto_LiRPA is first imported (lirpa_reweight loads lazily)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
