@@ -11,6 +11,8 @@ stay on the host by design even when training on a GPU:
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
 import sys
 from collections import Counter
 from typing import Iterable, Iterator, Optional
@@ -67,3 +69,18 @@ def count_host_syncs(host_tensors: Iterable[torch.Tensor] = ()) -> Iterator[Sync
     finally:
         for owner, name, original in reversed(originals):
             setattr(owner, name, original)
+
+
+def auto_lirpa_checks_each_node_for_nan() -> bool:
+    """Upstream auto_LiRPA (0.7.x) looks for NaN in every node's IBP bounds (``.any()``: a host sync per node);
+    PyPI's 0.3 does not. Such syncs are auto_LiRPA's own, not the training step's code."""
+    try:
+        import auto_LiRPA.interval_bound as interval_bound
+    except ImportError:
+        return False
+    return "isnan(node.lower).any()" in inspect.getsource(interval_bound)
+
+
+def in_auto_lirpa(site: str) -> bool:
+    """Whether a call site (``file:line``, as :class:`SyncCounter` records them) lies inside auto_LiRPA."""
+    return f"{os.sep}auto_LiRPA{os.sep}" in site
