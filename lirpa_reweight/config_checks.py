@@ -317,8 +317,7 @@ def _check_some_final_method_runs(config: dict) -> None:
     import torch
 
     from .data import dataset_info
-    from .evaluate import relu_units
-    from .models import build_model
+    from .models import build_model, relu_units
 
     data = config["data"]
     info = dataset_info(data["name"], data.get("in_shape", (1, 28, 28)), data.get("num_classes", 10))

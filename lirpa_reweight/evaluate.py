@@ -14,12 +14,12 @@ from typing import Iterable, Sequence
 import hydra
 import torch
 from omegaconf import DictConfig
-from torch import nn
 from tqdm import tqdm
 
 from . import recipe
 from .attacks import pgd_attack  # noqa: F401  (re-exported: evaluation's attack lives in attacks.py)
 from .bounds import METHODS, BoundedClassifier
+from .models import relu_units
 
 log = logging.getLogger(__name__)
 
@@ -31,27 +31,6 @@ CROWN_MAX_RELU_UNITS = 2000
 FULL_CROWN = ("CROWN", "alpha-CROWN")
 #: alpha-CROWN's optimisation steps of the ReLU slopes (auto_LiRPA's default).
 ALPHA_CROWN_ITERATIONS = 20
-
-
-def relu_units(model: nn.Module, example: torch.Tensor) -> int:
-    """How many ReLU outputs one example produces: the size of the problem full CROWN must bound."""
-    count = 0
-
-    def hook(_module, _inputs, output):
-        nonlocal count
-        count += output[0].numel()
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return count
 
 
 def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: float,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numbers
 from typing import Callable, NamedTuple, Sequence
 
+import torch
 from torch import nn
 
 
@@ -131,3 +132,24 @@ def build_model(name: str, in_shape: Sequence[int] = (1, 28, 28), num_classes: i
     if not _is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     return MODELS[name](tuple(int(v) for v in shape), int(num_classes))
+
+
+def relu_units(model: nn.Module, example: torch.Tensor) -> int:
+    """How many ReLU outputs one example produces: the size of the problem full CROWN must bound."""
+    count = 0
+
+    def hook(_module, _inputs, output):
+        nonlocal count
+        count += output[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return count
