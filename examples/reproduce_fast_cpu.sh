@@ -65,8 +65,8 @@ xargs -d '\n' -n 1 -P "$JOBS" bash -c \
 
 "$PY" -m lirpa_reweight.summarize "$FAST" --paired-to "reweight=off autoeps=off"
 "$PY" -m lirpa_reweight.summarize "$QUICK" --paired-to "model=cnn_4layer"
-# Time to accuracy: mnist_quick's and mnist_fast_quick's runs with nothing else changed, found by their overrides
-# (directory names may be shortened).
+# Time to accuracy: mnist_quick's and mnist_fast_quick's finished runs with nothing else changed, found by their
+# overrides (directory names may be shortened).
 mapfile -t BASELINES < <("$PY" - "$QUICK" "$FAST" <<'PYTHON'
 import sys
 from pathlib import Path
@@ -74,8 +74,8 @@ from lirpa_reweight.summarize import find_run_dirs, run_setting
 
 def runs(root, **wanted):
     root = Path(root)
-    return [str(run_dir) for run_dir in find_run_dirs(root)
-            if all(run_setting(run_dir, root)[0].get(key) == value for key, value in wanted.items())]
+    return [str(run_dir) for run_dir in find_run_dirs(root) if (run_dir / "final.json").is_file()
+            and all(run_setting(run_dir, root)[0].get(key) == value for key, value in wanted.items())]
 
 print("\n".join(runs(sys.argv[1], model="cnn_4layer") + runs(sys.argv[2], reweight="off", autoeps="off")))
 PYTHON

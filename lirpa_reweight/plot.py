@@ -267,34 +267,37 @@ def plot_time(run_dirs: Sequence, output, labels: Optional[Sequence[str]] = None
             raise ValueError(f"--label given {len(labels)} times, but the runs form {len(groups)} settings: "
                              + "; ".join(f"{label} ({len(dirs)} runs)" for label, dirs in groups))
         groups = [(label, dirs) for label, (_, dirs) in zip(labels, groups)]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # Left: by epoch (the work done; free of the machine's load). Right: by wall-clock seconds as measured.
+    fig, (epoch_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     val_sizes = set()
     for index, (label, dirs) in enumerate(groups):
         color = f"C{index}"
         curves = [time_curve(run_dir) for run_dir in dirs]
         for seconds, verified in curves:
-            ax.plot(seconds, verified, color=color, linewidth=0.7, alpha=0.45)
+            epoch_ax.plot(np.arange(1, len(verified) + 1), verified, color=color, linewidth=0.7, alpha=0.45)
+            time_ax.plot(seconds, verified, color=color, linewidth=0.7, alpha=0.45)
         # The mean over seeds, epoch by epoch (time and error alike), over the epochs every run reached.
         epochs = min(len(seconds) for seconds, _ in curves)
         mean_seconds = np.mean([seconds[:epochs] for seconds, _ in curves], axis=0)
         mean_verified = np.mean([verified[:epochs] for _, verified in curves], axis=0)
-        ax.plot(mean_seconds, mean_verified, color=color, linewidth=2.2, marker="o",
-                label=f"{label}: {mean_verified[-1]:.1f}% after {mean_seconds[-1]:.0f} s "
-                      f"(mean of {len(curves)} run{'s' if len(curves) > 1 else ''})")
+        epoch_ax.plot(np.arange(1, epochs + 1), mean_verified, color=color, linewidth=2.2, marker="o")
+        time_ax.plot(mean_seconds, mean_verified, color=color, linewidth=2.2, marker="o",
+                     label=f"{label}: {mean_verified[-1]:.1f}% after {mean_seconds[-1]:.0f} s "
+                           f"(mean of {len(curves)} run{'s' if len(curves) > 1 else ''})")
         for epoch, (x, y) in enumerate(zip(mean_seconds, mean_verified), start=1):
-            ax.annotate(str(epoch), (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small",
-                        color=color)
+            time_ax.annotate(str(epoch), (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small",
+                             color=color)
         for run_dir in dirs:
-            val = ((_read_config_yaml(run_dir).get("trainer") or {}).get("val_examples"))
-            val_sizes.add(val)
+            val_sizes.add((_read_config_yaml(run_dir).get("trainer") or {}).get("val_examples"))
     sizes = ", ".join(str(v) for v in sorted(v for v in val_sizes if v is not None)) or "?"
-    ax.set(xlabel="wall-clock seconds (cumulative: training + per-epoch validation)",
-           ylabel="verified error (%), IBP at eps_eval",
-           title=f"Time to accuracy: validation verified error on {sizes} test examples\n"
-                 "(each epoch's end, numbered; thick: mean over seeds, thin: each seed)")
-    ax.set_ylim(0, 106)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    epoch_ax.set(xlabel="epoch", ylabel="verified error (%), IBP at eps_eval", ylim=(0, 106))
+    epoch_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    time_ax.set(xlabel="wall-clock seconds (cumulative: training + per-epoch validation; epochs numbered)")
+    for ax in (epoch_ax, time_ax):
+        ax.grid(alpha=0.3)
+    time_ax.legend(fontsize="small")
+    fig.suptitle(f"Time to accuracy: validation verified error on {sizes} test examples at each epoch's end "
+                 "(thick: mean over seeds, thin: each seed)", fontsize="medium")
     return _save(fig, output)
 
 
