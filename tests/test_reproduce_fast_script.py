@@ -8,7 +8,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data=synthetic", "data.in_shape=[1,12,12]", "data.num_train=128", "data.num_test=64",
         "trainer.batch_size=64", "trainer.epochs=2", "eval.pgd_steps=1", "eval.methods=[IBP]",
-        "schedule.eps_train=0.05", "schedule.eps_eval=0.03", "schedule.eps_scheduler.opt_str='start=1,length=1'"]
+        "schedule.eps_train=0.05", "schedule.eps_eval=0.03", "autoeps.maxoff=0.02",
+        "schedule.eps_scheduler.opt_str='start=1,length=2,mid=0.4'"]
 
 
 def test_reproduce_fast_script_writes_both_tables_and_the_time_figure(tmp_path):
@@ -23,7 +24,7 @@ def test_reproduce_fast_script_writes_both_tables_and_the_time_figure(tmp_path):
     assert "baseline" in tactics and tactics.count("(n=2)") == 3
     changes = (out / "mnist_quick" / "summary.md").read_text()
     assert changes.count("| 1 |") == 4  # mnist_quick and each change alone, seed 0
-    for change in ("model=cnn_4layer_bn", "model.init=ibp", "regularizer=shi"):
+    for change in ("| ibp |", "| shi | 10 |", "| cnn_4layer_bn |"):  # init, regulariser + clip, BN model
         assert change in changes
     assert (out / "time_to_accuracy_mnist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Launched again, every run is found finished and skipped: nothing is retrained.
