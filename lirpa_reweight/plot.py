@@ -1,9 +1,12 @@
-"""Pictures of finished runs: ``python -m lirpa_reweight.plot {margins,training,eps} RUN_DIR [RUN_DIR ...]``.
+"""Pictures of finished runs: ``python -m lirpa_reweight.plot {margins,training,eps,time} RUN_DIR [RUN_DIR ...]``.
 
 - ``margins``: the paper's Figure 3, the distribution of test-set eq. 6 margins at the run's eps_eval, bounded
   with the run's training method (or ``--method``), several runs overlaid.
 - ``training``: clean and verified error (train and validation), eps_base and mean offset per epoch.
 - ``eps``: the per-example training radii at the end of training, ``max(eps_base - offset, 0)``.
+- ``time``: validation verified error against cumulative wall-clock seconds (time to accuracy); runs of the same
+  setting (seeds) form one group, drawn as thin per-seed lines and their mean. A directory that is not a run
+  stands for every run below it (a sweep).
 
 The figure goes to ``RUN_DIR/<kind>.png`` (the first RUN_DIR for ``margins``) unless ``--output`` says otherwise.
 """
@@ -27,7 +30,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 # torch, the checkpoint reader and the bounds are imported where a plot needs them: `training` reads JSON only.
 from .summarize import run_setting, setting_label  # noqa: E402
 
-KINDS = ("margins", "training", "eps")
+KINDS = ("margins", "training", "eps", "time")
 
 
 class NotARunError(ValueError):
@@ -220,6 +223,104 @@ def plot_eps(run_dir, output, bins: int = 50) -> Path:
     return _save(fig, output)
 
 
+def group_by_setting(run_dirs: Sequence) -> list[tuple[str, list[Path]]]:
+    """Runs grouped by setting (their overrides but the seed), in order of first appearance, each group labelled
+    by what sets it apart from the others (``(defaults)`` when nothing does)."""
+    groups: dict[tuple, list[Path]] = {}
+    settings: dict[tuple, dict] = {}
+    for run_dir in run_dirs:
+        setting, _ = run_setting(Path(run_dir))
+        key = tuple(sorted(setting.items()))
+        groups.setdefault(key, []).append(Path(run_dir))
+        settings[key] = setting
+    keys = list(groups)
+    all_keys = list(dict.fromkeys(k for key in keys for k in settings[key]))
+    shared = {k for k in all_keys if len({settings[key].get(k) for key in keys}) == 1} if len(keys) > 1 else set()
+    labels = [" ".join(f"{k}={v}" for k, v in settings[key].items() if k not in shared) or "(defaults)"
+              for key in keys]
+    return [(label, groups[key]) for label, key in zip(labels, keys)]
+
+
+def time_curve(run_dir) -> tuple[np.ndarray, np.ndarray]:
+    """``(cumulative seconds, validation verified error in %)`` at the end of each logged epoch of one run.
+
+    Seconds are each epoch's ``seconds`` (training plus the per-epoch validation check) summed; an epoch missing
+    from the log (a torn run) would make the sum wrong, so the epochs must run 1, 2, ... without a gap.
+    """
+    records = read_metrics(run_dir)
+    epochs = [r["epoch"] for r in records]
+    if epochs != list(range(1, len(epochs) + 1)):
+        raise NotARunError(f"{run_dir}: metrics.jsonl holds epochs {epochs}; time to accuracy needs every epoch "
+                           "from 1 on (the seconds are summed)")
+    for r in records:
+        if not isinstance(r.get("seconds"), (int, float)) or not isinstance(r.get("val_verified_error"), (int, float)):
+            raise NotARunError(f"{run_dir}: epoch {r['epoch']} of metrics.jsonl lacks 'seconds' or "
+                               "'val_verified_error'")
+    seconds = np.cumsum([float(r["seconds"]) for r in records])
+    return seconds, 100.0 * np.array([float(r["val_verified_error"]) for r in records])
+
+
+def plot_time(run_dirs: Sequence, output, labels: Optional[Sequence[str]] = None) -> Path:
+    groups = group_by_setting(run_dirs)
+    if labels is not None:
+        if len(labels) != len(groups):
+            raise ValueError(f"--label given {len(labels)} times, but the runs form {len(groups)} settings: "
+                             + "; ".join(f"{label} ({len(dirs)} runs)" for label, dirs in groups))
+        groups = [(label, dirs) for label, (_, dirs) in zip(labels, groups)]
+    # Left: by epoch (the work done; free of the machine's load). Right: by wall-clock seconds as measured.
+    fig, (epoch_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    val_sizes = set()
+    for index, (label, dirs) in enumerate(groups):
+        color = f"C{index}"
+        curves = [time_curve(run_dir) for run_dir in dirs]
+        for seconds, verified in curves:
+            epoch_ax.plot(np.arange(1, len(verified) + 1), verified, color=color, linewidth=0.7, alpha=0.45)
+            time_ax.plot(seconds, verified, color=color, linewidth=0.7, alpha=0.45)
+        # The mean over seeds, epoch by epoch (time and error alike), over the epochs every run reached.
+        epochs = min(len(seconds) for seconds, _ in curves)
+        mean_seconds = np.mean([seconds[:epochs] for seconds, _ in curves], axis=0)
+        mean_verified = np.mean([verified[:epochs] for _, verified in curves], axis=0)
+        epoch_ax.plot(np.arange(1, epochs + 1), mean_verified, color=color, linewidth=2.2, marker="o")
+        time_ax.plot(mean_seconds, mean_verified, color=color, linewidth=2.2, marker="o",
+                     label=f"{label}: {mean_verified[-1]:.1f}% after {mean_seconds[-1]:.0f} s "
+                           f"(mean of {len(curves)} run{'s' if len(curves) > 1 else ''})")
+        for epoch, (x, y) in enumerate(zip(mean_seconds, mean_verified), start=1):
+            time_ax.annotate(str(epoch), (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small",
+                             color=color)
+        for run_dir in dirs:
+            val_sizes.add((_read_config_yaml(run_dir).get("trainer") or {}).get("val_examples"))
+    sizes = ", ".join(str(v) for v in sorted(v for v in val_sizes if v is not None)) or "?"
+    epoch_ax.set(xlabel="epoch", ylabel="verified error (%), IBP at eps_eval", ylim=(0, 106))
+    epoch_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    time_ax.set(xlabel="wall-clock seconds (cumulative: training + per-epoch validation; epochs numbered)")
+    for ax in (epoch_ax, time_ax):
+        ax.grid(alpha=0.3)
+    time_ax.legend(fontsize="small")
+    fig.suptitle(f"Time to accuracy: validation verified error on {sizes} test examples at each epoch's end "
+                 "(thick: mean over seeds, thin: each seed)", fontsize="medium")
+    return _save(fig, output)
+
+
+def _read_config_yaml(run_dir) -> dict:
+    from .summarize import _read_config
+
+    return _read_config(Path(run_dir)) or {}
+
+
+def expand_run_dirs(paths: Sequence) -> list[Path]:
+    """Each path a run directory, or every run directory below it (a sweep); an empty directory is an error."""
+    from .summarize import find_run_dirs
+
+    found = []
+    for path in paths:
+        runs = find_run_dirs(_need_dir(Path(path)))
+        if not runs:
+            raise NotARunError(f"{path} holds no run directory (expected config.yaml or .hydra/overrides.yaml in it "
+                               "or below it)")
+        found.extend(runs)
+    return found
+
+
 def _save(fig, output) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -235,15 +336,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lirpa_reweight.plot", description=__doc__.split("\n")[0])
     parser.add_argument("kind", choices=KINDS, help="which figure")
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
-                        help="run directories written by lirpa_reweight.train (several only for margins)")
+                        help="run directories written by lirpa_reweight.train (several only for margins and "
+                             "time; for time, a sweep directory stands for its runs)")
     parser.add_argument("--output", type=Path, default=None, help="PNG path (default: RUN_DIR/<kind>.png)")
     parser.add_argument("--num-test", type=int, default=2000, help="margins: test examples per run (default 2000)")
     parser.add_argument("--method", choices=("IBP", "CROWN-IBP"), default=None,
                         help="margins: bound method (default: each run's training method)")
     parser.add_argument("--device", default=None, help="margins: torch device (default: CUDA when available)")
+    parser.add_argument("--label", action="append", default=None, metavar="LABEL",
+                        help="time: a name per setting, in order of first appearance (default: what sets it apart)")
     args = parser.parse_args(argv)
-    if args.kind != "margins" and len(args.run_dirs) > 1:
+    if args.kind not in ("margins", "time") and len(args.run_dirs) > 1:
         parser.error(f"{args.kind} takes one RUN_DIR, got {len(args.run_dirs)}")
+    if args.label is not None and args.kind != "time":
+        parser.error(f"--label is for the time plot, not {args.kind}")
     if args.num_test < 1:
         parser.error(f"--num-test must be >= 1, got {args.num_test}")
     output = args.output or args.run_dirs[0] / f"{args.kind}.png"
@@ -251,6 +357,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.kind == "margins":
             written = plot_margins(args.run_dirs, output, num_test=args.num_test, method=args.method,
                                    device=args.device)
+        elif args.kind == "time":
+            written = plot_time(expand_run_dirs(args.run_dirs), output, labels=args.label)
         elif args.kind == "training":
             written = plot_training(args.run_dirs[0], output)
         else:

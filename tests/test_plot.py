@@ -13,7 +13,8 @@ import lirpa_reweight  # noqa: F401  (patches auto_LiRPA before it is imported)
 from auto_LiRPA.eps_scheduler import FixedScheduler, LinearScheduler
 from lirpa_reweight import checkpoint
 from lirpa_reweight.autoeps import AutoEpsScheduler
-from lirpa_reweight.plot import final_training_eps, legend_labels, main, margins_at_eps_eval, read_metrics
+from lirpa_reweight.plot import (final_training_eps, group_by_setting, legend_labels, main, margins_at_eps_eval,
+                                 read_metrics, time_curve)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -98,6 +99,53 @@ def test_one_run_only_for_training_and_eps(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["training", str(tmp_path), str(tmp_path)])
     assert exit_info.value.code != 0
+
+
+def write_time_run(run_dir: Path, overrides, seconds, verified):
+    write_overrides(run_dir, overrides)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"trainer": {"val_examples": 40}}))
+    records = [{"epoch": e, "seconds": s, "val_verified_error": v}
+               for e, (s, v) in enumerate(zip(seconds, verified), start=1)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_time_plot_sums_seconds_and_groups_seeds_by_setting(tmp_path):
+    sweep = tmp_path / "sweep"
+    for seed in (0, 1):
+        write_time_run(sweep / "quick" / f"seed={seed}", ["+experiment=mnist_quick", f"seed={seed}"],
+                       [10.0, 12.5, 11.0], [0.9, 0.5 + 0.1 * seed, 0.3])
+        write_time_run(sweep / "fast" / f"seed={seed}", ["+experiment=mnist_fast_quick", f"seed={seed}"],
+                       [20.0, 20.0], [0.6, 0.2])
+    seconds, verified = time_curve(sweep / "quick" / "seed=1")
+    np.testing.assert_allclose(seconds, [10.0, 22.5, 33.5])  # cumulative
+    np.testing.assert_allclose(verified, [90.0, 60.0, 30.0])  # percent
+    groups = group_by_setting([sweep / "quick" / "seed=0", sweep / "fast" / "seed=0", sweep / "quick" / "seed=1",
+                               sweep / "fast" / "seed=1"])
+    assert [(label, [d.name for d in dirs]) for label, dirs in groups] == [
+        ("experiment=mnist_quick", ["seed=0", "seed=1"]), ("experiment=mnist_fast_quick", ["seed=0", "seed=1"])]
+    # A sweep directory stands for its runs; without torch: the time plot reads JSON only.
+    out = subprocess.run([sys.executable, "-c", "import sys; from lirpa_reweight.plot import main; "
+                          f"code = main(['time', {str(sweep)!r}, '--label', 'fast', '--label', 'quick', "
+                          f"'--output', {str(tmp_path / 'time.png')!r}]); "
+                          "print(code, sorted(m for m in ('torch', 'auto_LiRPA') if m in sys.modules))"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split("\n")[-2] == "0 []", out.stdout + out.stderr[-2000:]
+    assert_png(tmp_path / "time.png")
+
+
+def test_time_plot_refuses_a_gap_and_a_wrong_label_count(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    write_time_run(run_dir, ["seed=0"], [1.0, 2.0, 3.0], [0.5, 0.4, 0.3])
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert main(["time", str(run_dir), "--label", "a", "--label", "b"]) == 2
+    assert "--label given 2 times, but the runs form 1 settings" in capsys.readouterr().err
+    (run_dir / "metrics.jsonl").write_text(lines[0] + "\n" + lines[2] + "\n")  # epoch 2 missing
+    assert main(["time", str(run_dir)]) == 2
+    assert "holds epochs [1, 3]" in capsys.readouterr().err
+    assert not (run_dir / "time.png").exists()
+    assert main(["time", str(tmp_path / "run" / ".hydra")]) == 2  # no run below it
+    with pytest.raises(SystemExit):
+        main(["training", str(run_dir), "--label", "x"])
 
 
 # --- from a tiny real run --------------------------------------------------------------------------------------
