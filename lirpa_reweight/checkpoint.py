@@ -15,6 +15,8 @@ from typing import Any, Union
 
 import torch
 
+from .rundir import write_atomically
+
 PathLike = Union[str, Path]
 log = logging.getLogger(__name__)
 
@@ -23,34 +25,15 @@ class CheckpointError(ValueError):
     """A checkpoint file that exists but cannot be read (truncated, empty, overwritten, or not ours)."""
 
 
-def _write_atomically(path: PathLike, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place.
-
-    A crash mid-write leaves the previous file intact, never a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_atomically(payload: dict, path: PathLike) -> None:
     """torch.save ``payload`` to ``path`` atomically."""
-    _write_atomically(path, lambda file: torch.save(payload, file))
+    write_atomically(path, lambda file: torch.save(payload, file))
 
 
 def copy_atomically(source: PathLike, path: PathLike) -> None:
     """Copy a checkpoint file to ``path`` atomically (no second serialisation of the same state)."""
     with open(source, "rb") as src:
-        _write_atomically(path, lambda file: shutil.copyfileobj(src, file))
+        write_atomically(path, lambda file: shutil.copyfileobj(src, file))
 
 
 def load(path: PathLike, map_location: Any = "cpu") -> dict:

@@ -130,20 +130,26 @@ def read_metrics(path: PathLike) -> list[dict]:
     return records
 
 
-def write_text_atomically(path: PathLike, text: str) -> None:
+def write_atomically(path: PathLike, write, binary: bool = True) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it into place: a crash mid-write
+    leaves the previous file intact, never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it an ordinary file's permissions
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
+        with os.fdopen(handle, "wb" if binary else "w") as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomically(path: PathLike, text: str) -> None:
+    write_atomically(path, lambda file: file.write(text), binary=False)
 
 
 def keep_metrics_up_to(path: PathLike, epoch: int) -> list[dict]:

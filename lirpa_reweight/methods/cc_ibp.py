@@ -11,25 +11,14 @@ margin is negative. They are a certificate only at ``a = 1``.
 """
 from __future__ import annotations
 
-from typing import Optional
-
-from .common import AttackSettings, MethodOutput, adversarial_point, check_coefficient, logit_margins, ramp
+from .common import AdversarialMix, MethodOutput, logit_margins
 
 
-class CCIBP:
+class CCIBP(AdversarialMix):
     name = "CC-IBP"
 
-    def __init__(self, alpha_start: float = 0.5, alpha_end: Optional[float] = None, attack: Optional[dict] = None):
-        self.alpha_start = check_coefficient("alpha_start", alpha_start)
-        self.alpha_end = self.alpha_start if alpha_end is None else check_coefficient("alpha_end", alpha_end)
-        self.attack = AttackSettings.from_options(attack)
-
     def __call__(self, classifier, x, y, eps, progress: float = 1.0) -> MethodOutput:
-        a = ramp(self.alpha_start, self.alpha_end, progress)
-        x_adv = adversarial_point(classifier, x, y, eps, self.attack)
-        logits, ibp_lb = classifier.certify(x, y, eps, method="IBP")
+        a = self.alpha(progress)
+        x_adv, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps)
         adv_margins = logit_margins(classifier(x_adv), y.to(logits.device))
         return MethodOutput(logits, (1.0 - a) * adv_margins + a * ibp_lb)
-
-    def coefficients(self, progress: float) -> dict:
-        return {"alpha": ramp(self.alpha_start, self.alpha_end, progress)}

@@ -86,3 +86,25 @@ def margin_cross_entropy(margins: torch.Tensor) -> torch.Tensor:
     """Per-example CE of the logit vector ``[0, -margins]`` (true class first): the loss of IBP training."""
     return F.cross_entropy(worst_case_logits_true_first(margins),
                            margins.new_zeros(margins.shape[0], dtype=torch.long), reduction="none")
+
+
+class AdversarialMix:
+    """The part CC-IBP and MTL-IBP share: a coefficient ``alpha`` ramped from ``alpha_start`` to ``alpha_end``
+    (1: IBP, 0: adversarial training), and an attack inside each example's own eps_i ball."""
+
+    def __init__(self, alpha_start: float = 0.5, alpha_end: Optional[float] = None, attack: Optional[dict] = None):
+        self.alpha_start = check_coefficient("alpha_start", alpha_start)
+        self.alpha_end = self.alpha_start if alpha_end is None else check_coefficient("alpha_end", alpha_end)
+        self.attack = AttackSettings.from_options(attack)
+
+    def alpha(self, progress: float) -> float:
+        return ramp(self.alpha_start, self.alpha_end, progress)
+
+    def adversarial_and_ibp(self, classifier, x, y, eps):
+        """The attack point, then the clean logits and IBP margin bounds over the eps_i balls."""
+        x_adv = adversarial_point(classifier, x, y, eps, self.attack)
+        logits, ibp_lb = classifier.certify(x, y, eps, method="IBP")
+        return x_adv, logits, ibp_lb
+
+    def coefficients(self, progress: float) -> dict:
+        return {"alpha": self.alpha(progress)}
