@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # torch, the checkpoint reader and the bounds are imported where a plot needs them: `training` reads JSON only.
-from .summarize import run_setting, setting_label  # noqa: E402
+from .runs import run_setting, setting_label  # noqa: E402
 
 KINDS = ("margins", "training", "eps", "time")
 
@@ -302,14 +302,14 @@ def plot_time(run_dirs: Sequence, output, labels: Optional[Sequence[str]] = None
 
 
 def _read_config_yaml(run_dir) -> dict:
-    from .summarize import _read_config
+    from .runs import _read_config
 
     return _read_config(Path(run_dir)) or {}
 
 
 def expand_run_dirs(paths: Sequence) -> list[Path]:
     """Each path a run directory, or every run directory below it (a sweep); an empty directory is an error."""
-    from .summarize import find_run_dirs
+    from .runs import find_run_dirs
 
     found = []
     for path in paths:
