@@ -2,8 +2,10 @@
 # Loading the configs imports this module, so the resolvers config.yaml uses exist wherever it is composed.
 from omegaconf import OmegaConf
 
-from lirpa_reweight.rundir import default_run_name
+from lirpa_reweight.rundir import default_run_name, run_dirname
 
+if not OmegaConf.has_resolver("run_dirname"):  # a run directory name from the overrides
+    OmegaConf.register_new_resolver("run_dirname", run_dirname)
 if not OmegaConf.has_resolver("default_run_name"):
     OmegaConf.register_new_resolver("default_run_name", default_run_name)
 if not OmegaConf.has_resolver("sweep_dirname"):  # a named sweep's directory, else the launch time

@@ -4,6 +4,7 @@ what a resume may change. Plain Python (no torch, no Hydra), so ``summarize`` an
 from __future__ import annotations
 
 import datetime
+import hashlib
 import fcntl
 import json
 import logging
@@ -226,3 +227,15 @@ def default_run_name(data: str, model: str) -> str:
     """The run name when no experiment preset sets one: the root config is the mnist_quick recipe, so its own
     data and model keep that name; any other pair is named after what it trains."""
     return "mnist_quick" if (data, model) == ("mnist", "cnn_4layer") else f"{data}_{model}"
+
+
+def run_dirname(overrides: str, max_length: int = 120) -> str:
+    """A run directory name from Hydra's override_dirname: "default" when empty, and shortened with a
+    hash when too long for a file name (the full overrides stay in .hydra/overrides.yaml)."""
+    if not overrides:
+        return "default"
+    if len(overrides) <= max_length:
+        return overrides
+    digest = hashlib.sha1(overrides.encode()).hexdigest()[:10]
+    return f"{overrides[:max_length]}...{digest}"
+

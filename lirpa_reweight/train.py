@@ -6,7 +6,6 @@ such steps is ``loop.train_epoch``. This module composes: run directory, checkpo
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -23,27 +22,13 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import checkpoint, distributed, recipe, rundir
+from .rundir import run_dirname  # noqa: F401  (re-exported; registered as a resolver in conf/)
 from .bounds import resolve_device
 from .divergence import DivergenceMonitor, require_finite_parameters
 from .evaluate import evaluate_classifier
 from .loop import EpochMeter, ramp_progress, schedule_factors, train_epoch  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-def run_dirname(overrides: str, max_length: int = 120) -> str:
-    """A run directory name from Hydra's override_dirname: "default" when empty, and shortened with a
-    hash when too long for a file name (the full overrides stay in .hydra/overrides.yaml)."""
-    if not overrides:
-        return "default"
-    if len(overrides) <= max_length:
-        return overrides
-    digest = hashlib.sha1(overrides.encode()).hexdigest()[:10]
-    return f"{overrides[:max_length]}...{digest}"
-
-
-if not OmegaConf.has_resolver("run_dirname"):
-    OmegaConf.register_new_resolver("run_dirname", run_dirname)
 
 
 def save_run_state(path: Path, cfg, epoch, classifier, optimizer, lr_scheduler, criterion, autoeps, info, best,

@@ -114,7 +114,7 @@ def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path):
 # --- Optuna ----------------------------------------------------------------------------------------------------
 
 def test_optuna_presets_compose_with_the_recipes_maxoff_range():
-    train_module.run_dirname("")  # the ${mul:...} resolver is registered by importing train
+    train_module.run_dirname("")  # train re-exports run_dirname; conf/ registers the resolvers
     for experiment, eps_train in (("mnist_ibp", 0.4), ("cifar_crownibp", 8.8 / 255)):
         cfg = compose_with_hydra([f"+experiment={experiment}", "+sweep=optuna_tactics"])
         params = cfg.hydra.sweeper.params
