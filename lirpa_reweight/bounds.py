@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import compat
+from ._quiet import drop_printed
 from .checks import DeferredChecks
 
 compat.apply()
@@ -140,8 +141,9 @@ class BoundedClassifier(nn.Module):
         was_training = model.training
         model.to(self.device)
         example = self.normalize(example_input.to(self.device))
-        with warnings.catch_warnings():
-            # Tracing through torch's ONNX exporter warns about every data-dependent branch.
+        with warnings.catch_warnings(), drop_printed():
+            # Tracing through torch's ONNX exporter warns about every data-dependent branch; auto_LiRPA prints
+            # that it traces BatchNorm1d models in eval mode (the mode is put back below).
             warnings.simplefilter("ignore")
             self.bounded = BoundedModule(model, example, device=self.device, bound_opts=bound_opts)
         # The bounded module holds the model's own Parameter objects; keep the model out of

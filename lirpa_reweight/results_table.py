@@ -10,7 +10,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from .optuna_results import format_optuna_results, matches, read_optuna_results
 from .runs import _read_config, _read_final, find_run_dirs, last_logged_epoch, run_setting, setting_label
@@ -110,9 +110,10 @@ def summarize(root) -> tuple[list[Row], list[IncompleteRun]]:
     rows.sort(key=lambda row: _setting_sort_key(row.setting, columns))
     incomplete_columns = _columns(incomplete)
     incomplete.sort(key=lambda run: (_setting_sort_key(run.setting, incomplete_columns), _natural(str(run.seed))))
-    if rows:
-        best = min(row.verified_error.mean for row in rows)
-        for row in rows:
+    for radius in {tuple(row.eps) for row in rows}:  # best per eval radius: errors at different eps do not compare
+        same_eps = [row for row in rows if tuple(row.eps) == radius]
+        best = min(row.verified_error.mean for row in same_eps)
+        for row in same_eps:
             row.best = math.isclose(row.verified_error.mean, best, rel_tol=0, abs_tol=1e-12)
     return rows, incomplete
 
@@ -137,21 +138,37 @@ def _row(runs: list[_Run]) -> Optional[Row]:
                verified_by_seed={run.seed: run.final["verified_error"] for run in done if run.seed is not None})
 
 
-def paired_differences(rows: list[Row], baseline: dict[str, str]) -> list[Optional[Stat]]:
-    """Per row, verified error minus the baseline row's for the same seed, over the seeds both have.
+def paired_differences(rows: list[Row], baseline: dict[str, str]) -> list[Union[Stat, str, None]]:
+    """Per row, verified error minus its baseline row's for the same seed, over the seeds both have.
 
     A seed fixes the initial weights and the batch order, so same-seed differences isolate the
-    setting's effect from seed noise, which is often larger than the effect. None for the baseline
-    row itself and for rows that share no seed with it.
+    setting's effect from seed noise, which is often larger than the effect. With one row matching
+    ``baseline`` every row is paired with it; with several (e.g. one per method and eps), each row is paired
+    with the one that agrees with it on every other setting (keys of the baseline's groups, such as
+    ``autoeps.maxoff`` for ``autoeps=off``, aside). None for baseline rows; for a row that cannot be paired,
+    the reason (the table's cell).
     """
     matches = [row for row in rows if all(row.setting.get(k) == v for k, v in baseline.items())]
-    if len(matches) != 1:
-        found = "no row" if not matches else f"{len(matches)} rows"
-        raise ValueError(f"--paired-to {setting_label(baseline)} matches {found}; it must name exactly one row")
-    reference = matches[0].verified_by_seed
-    return [None if row is matches[0] else
-            Stat.of([row.verified_by_seed[s] - reference[s] for s in row.verified_by_seed if s in reference])
-            for row in rows]
+    if not matches:
+        raise ValueError(f"--paired-to {setting_label(baseline)} matches no row; it must name at least one row")
+
+    def others(row: Row) -> dict[str, str]:
+        return {k: v for k, v in row.setting.items()
+                if not any(k == group or k.startswith(group + ".") for group in baseline)}
+
+    differences = []
+    for row in rows:
+        if any(row is match for match in matches):
+            differences.append(None)
+            continue
+        partners = matches if len(matches) == 1 else [m for m in matches if others(m) == others(row)]
+        if len(partners) != 1:
+            differences.append("no baseline row with the same other settings")
+            continue
+        reference = partners[0].verified_by_seed
+        difference = Stat.of([row.verified_by_seed[s] - reference[s] for s in row.verified_by_seed if s in reference])
+        differences.append(difference if difference is not None else "no common seed")
+    return differences
 
 
 def _ordered_methods(finals: list[dict]) -> list[str]:
@@ -220,7 +237,7 @@ def _eps_text(row: Row) -> str:
 
 
 def format_markdown(root: Path, rows: list[Row], incomplete: list[IncompleteRun], by_method: bool = False,
-                    paired: Optional[list[Optional[Stat]]] = None) -> str:
+                    paired: Optional[list[Union[Stat, str, None]]] = None) -> str:
     columns, common = _split_columns(rows)
     methods = _ordered_methods([{"verified_error_by_method": row.verified_error_by_method} for row in rows]) \
         if by_method else []
@@ -230,12 +247,17 @@ def format_markdown(root: Path, rows: list[Row], incomplete: list[IncompleteRun]
     if rows:
         eps_note = "" if eps_column else f" at eps {eps_values.pop()} (eps_eval of final.json)"
         lines.append(f"Test errors in %{eps_note}: mean ± sample std (ddof=1) over seeds. "
-                     "Verified: certified by any evaluated bound method. Best row (lowest mean verified error) "
-                     "marked **best**.")
+                     "Verified: certified by any evaluated bound method. Best row (lowest mean verified error"
+                     f"{', per eps' if eps_column else ''}) marked **best**." + (
+                         " PGD: wrong on the clean input or after the PGD attack (a lower bound on the robust "
+                         "error, as verified is an upper bound)." if any(r.pgd_error is not None for r in rows)
+                         else ""))
         if common:
             lines += ["", "Common to every row: " + setting_label(common)]
-        header = (columns or ["setting"]) + (["eps"] if eps_column else []) + ["clean error (%)",
-                                                                                "verified error (%)"]
+        pgd_column = any(row.pgd_error is not None for row in rows)
+        header = (columns or ["setting"]) + (["eps"] if eps_column else []) + ["clean error (%)"]
+        header += ["PGD error (%)"] if pgd_column else []
+        header += ["verified error (%)"]
         header += [f"{m} verified error (%)" for m in methods]
         header += ["verified vs baseline, same seed (points)"] if paired is not None else []
         header += ["seeds", "best"]
@@ -244,12 +266,14 @@ def format_markdown(root: Path, rows: list[Row], incomplete: list[IncompleteRun]
             cells = [row.setting.get(c, "") for c in columns] if columns else [setting_label(row.setting)]
             cells += [_eps_text(row)] if eps_column else []
             verified = _percent(row.verified_error)
-            cells += [_percent(row.clean_error), f"**{verified}**" if row.best else verified]
+            cells += [_percent(row.clean_error)]
+            cells += [_percent(row.pgd_error) if row.pgd_error is not None else "n/a"] if pgd_column else []
+            cells += [f"**{verified}**" if row.best else verified]
             cells += [_percent(row.verified_error_by_method.get(m), row.clean_error.n) for m in methods]
             if paired is not None:
                 difference = paired[index]
-                cells.append("baseline" if difference is None and row.verified_by_seed else
-                             _signed_points(difference))
+                cells.append("baseline" if difference is None else
+                             difference if isinstance(difference, str) else _signed_points(difference))
             cells += [str(row.clean_error.n), "**best**" if row.best else ""]
             lines.append("| " + " | ".join(cells) + " |")
         if any(row.clean_error.n == 1 for row in rows):

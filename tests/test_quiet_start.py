@@ -53,3 +53,21 @@ def test_only_the_known_messages_are_dropped(capsys):
                               ("ext",), None)
     logger = logging.getLogger(_quiet.CPP_EXTENSION_LOGGER)
     assert not logger.filter(record) and logger.filter(other)
+
+
+def test_building_a_batchnorm1d_model_prints_nothing_and_keeps_train_mode(capsys):
+    import torch
+
+    from lirpa_reweight.bounds import BoundedClassifier
+    from lirpa_reweight.models import build_model
+
+    model = build_model("cnn_4layer_bn").train()
+    classifier = BoundedClassifier(model, torch.zeros(2, 1, 28, 28), device="cpu")
+    assert capsys.readouterr().out == ""
+    assert classifier.training and model.training
+    with _quiet.drop_printed():  # any other line printed in the block still gets through, in order
+        print("first")
+        print(_quiet.BATCHNORM1D_TRACING[0])
+        print(_quiet.BATCHNORM1D_TRACING[1])
+        print("Set model to train() mode!")
+    assert capsys.readouterr().out == "first\nSet model to train() mode!\n"

@@ -97,13 +97,13 @@ def test_markdown_table_and_csv_are_written(sweep, capsys):
     lines = markdown.splitlines()
     assert "Common to every row: experiment=mnist_ibp" in lines
     assert "at eps 0.3" in markdown
-    header = "| reweight.gamma | clean error (%) | verified error (%) | IBP verified error (%) | " \
+    header = "| reweight.gamma | clean error (%) | PGD error (%) | verified error (%) | IBP verified error (%) | " \
              "CROWN-IBP verified error (%) | CROWN verified error (%) | seeds | best |"
     assert header in lines
-    assert ("| 1 | 12.00 ± 2.00 | 31.00 ± 2.65 | 32.00 ± 2.65 | 31.00 ± 2.65 | 32.00 ± 2.83 (2 of 3 seeds) | 3 |  |"
+    assert ("| 1 | 12.00 ± 2.00 | 12.00 ± 2.00 | 31.00 ± 2.65 | 32.00 ± 2.65 | 31.00 ± 2.65 | 32.00 ± 2.83 (2 of 3 seeds) | 3 |  |"
             in lines)
-    assert "| 5 | 12.00 ± 1.41 | **26.00 ± 1.41** | 27.00 ± 1.41 | 26.00 ± 1.41 | skipped | 2 | **best** |" in lines
-    assert "| 10 | 20.00 ± n/a | 40.00 ± n/a | 40.00 ± n/a | 41.00 ± n/a | skipped | 1 |  |" in lines
+    assert "| 5 | 12.00 ± 1.41 | 12.00 ± 1.41 | **26.00 ± 1.41** | 27.00 ± 1.41 | 26.00 ± 1.41 | skipped | 2 | **best** |" in lines
+    assert "| 10 | 20.00 ± n/a | 20.00 ± n/a | 40.00 ± n/a | 40.00 ± n/a | 41.00 ± n/a | skipped | 1 |  |" in lines
     assert any(line.startswith("std n/a: ") for line in lines)
     unfinished = [line for line in lines if line.startswith("- ")]
     assert len(unfinished) == 2
@@ -128,7 +128,7 @@ def test_without_by_method_only_the_combined_columns(sweep, tmp_path, capsys):
     assert main([str(sweep), "--output-prefix", str(prefix)]) == 0
     markdown = (tmp_path / "tables" / "gamma.md").read_text()
     assert (tmp_path / "tables" / "gamma.csv").is_file() and not (sweep / "summary.md").exists()
-    assert "| reweight.gamma | clean error (%) | verified error (%) | seeds | best |" in markdown.splitlines()
+    assert "| reweight.gamma | clean error (%) | PGD error (%) | verified error (%) | seeds | best |" in markdown.splitlines()
 
 
 def test_run_dirs_without_hydra_are_grouped_by_path(tmp_path):
@@ -201,7 +201,7 @@ def test_command_line(sweep, tmp_path):
     done = subprocess.run([sys.executable, "-m", "lirpa_reweight.summarize", str(sweep)], capture_output=True,
                           text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "| 5 | 12.00 ± 1.41 | **26.00 ± 1.41** | 2 | **best** |" in done.stdout
+    assert "| 5 | 12.00 ± 1.41 | 12.00 ± 1.41 | **26.00 ± 1.41** | 2 | **best** |" in done.stdout
     empty = tmp_path / "empty"
     empty.mkdir()
     failed = subprocess.run([sys.executable, "-m", "lirpa_reweight.summarize", str(empty)], capture_output=True,
@@ -224,3 +224,47 @@ def test_paired_differences_take_the_same_seed_of_the_baseline(tmp_path):
     assert "| -1.57 ± 0.05 (n=2) | 3 |" in text
     assert "| off |" in text and "baseline" in text
     assert main([str(root), "--paired-to", "reweight=maybe"]) == 2
+
+
+def test_paired_differences_pair_within_each_method_and_eps(tmp_path):
+    """Several baseline rows (one per recipe and eps): each row is paired with the baseline that agrees with it on
+    everything but the tactics, even where a switched-off group's key reads "unused (off)"; best is per eps."""
+    root = tmp_path / "methods"
+    verified = {  # (recipe, eps) -> (tactics off by seed, both on by seed)
+        ("mnist_quick", 0.3): ({0: 0.20, 1: 0.22}, {0: 0.19, 1: 0.20}),   # -1, -2 -> -1.50 ± 0.71
+        ("mnist_sabr", 0.3): ({0: 0.30, 1: 0.31}, {0: 0.32, 1: 0.31}),    # +2, 0 -> +1.00 ± 1.41
+        ("mnist_quick", 0.1): ({0: 0.05, 1: 0.06}, {0: 0.05, 1: 0.07}),   # 0, +1 -> +0.50 ± 0.71
+        ("mnist_sabr", 0.1): ({0: 0.04, 1: 0.04}, {0: 0.03, 1: 0.06}),    # -1, +2 -> +0.50 ± 2.12
+    }
+    for (recipe, eps), by_tactics in verified.items():
+        at_eps = ["schedule.eps_eval=0.1", "autoeps.maxoff=0.075"] if eps == 0.1 else []
+        for on, by_seed in zip((False, True), by_tactics):
+            tactics = ["reweight=on", "autoeps=on"] if on else ["reweight=off", "autoeps=off"]
+            for seed, value in by_seed.items():
+                run_dir = make_run(root, f"{recipe}/{','.join(tactics + at_eps)}/seed={seed}",
+                                   [f"+experiment={recipe}", *tactics, *at_eps, f"seed={seed}"],
+                                   final_json(0.01, value, eps=eps, pgd=0.02))
+                (run_dir / "config.yaml").write_text(yaml.safe_dump(
+                    {"seed": seed, "reweight": {"enabled": on}, "autoeps": {"enabled": on, "maxoff": 0.15}}))
+    # A recipe run only with the tactics on has no baseline to pair with.
+    make_run(root, "mnist_mtlibp/on/seed=0", ["+experiment=mnist_mtlibp", "reweight=on", "autoeps=on", "seed=0"],
+             final_json(0.01, 0.5, pgd=0.02))
+    assert main([str(root), "--paired-to", "reweight=off autoeps=off"]) == 0
+    lines = (root / "summary.md").read_text().splitlines()
+
+    def row(recipe, tactics, eps):
+        found = [line for line in lines if line.startswith(f"| {recipe} | {tactics} | {tactics} |")
+                 and f"| {eps} |" in line]
+        assert len(found) == 1, (recipe, tactics, eps, lines)
+        return found[0]
+
+    assert "| -1.50 ± 0.71 (n=2) |" in row("mnist_quick", "on", "0.3")
+    assert "| +1.00 ± 1.41 (n=2) |" in row("mnist_sabr", "on", "0.3")
+    assert "| +0.50 ± 0.71 (n=2) |" in row("mnist_quick", "on", "0.1")
+    assert "| +0.50 ± 2.12 (n=2) |" in row("mnist_sabr", "on", "0.1")
+    assert "| baseline |" in row("mnist_sabr", "off", "0.1")
+    assert "| no baseline row with the same other settings |" in row("mnist_mtlibp", "on", "0.3")
+    assert "| 1.00 ± 0.00 | 2.00 ± 0.00 |" in row("mnist_quick", "off", "0.3")  # clean, then PGD
+    best = [line for line in lines if line.endswith("| **best** |")]
+    assert len(best) == 2  # one per eps: 19.50 at 0.3, 4.00 at 0.1
+    assert best[0] == row("mnist_quick", "on", "0.3") and best[1] == row("mnist_sabr", "off", "0.1")
