@@ -16,10 +16,10 @@ PRESETS = {  # preset: (method, coefficient key, value, eps_eval, model, epochs)
     "cifar_ccibp": ("CC-IBP", "alpha_start", 0.5, 8 / 255, "cnn_7layer", 160),
     "cifar_ccibp_2_255": ("CC-IBP", "alpha_start", 0.01, 2 / 255, "cnn_7layer", 160),
     "cifar_mtlibp": ("MTL-IBP", "alpha_start", 0.5, 8 / 255, "cnn_7layer", 160),
-    "cifar_mtlibp_2_255": ("MTL-IBP", "alpha_start", 0.01, 2 / 255, "cnn_7layer", 160),
+    "cifar_mtlibp_2_255": ("MTL-IBP", "alpha_start", 0.004, 2 / 255, "cnn_7layer", 160),
     "mnist_sabr": ("SABR", "lambda_start", 0.6, 0.3, "cnn_4layer", 6),
-    "mnist_ccibp": ("CC-IBP", "alpha_start", 0.5, 0.3, "cnn_4layer", 6),
-    "mnist_mtlibp": ("MTL-IBP", "alpha_start", 0.5, 0.3, "cnn_4layer", 6),
+    "mnist_ccibp": ("CC-IBP", "alpha_start", 0.3, 0.3, "cnn_4layer", 6),
+    "mnist_mtlibp": ("MTL-IBP", "alpha_start", 0.08, 0.3, "cnn_4layer", 6),
 }
 CLASSES = {"SABR": SABR, "CC-IBP": CCIBP, "MTL-IBP": MTLIBP}
 
