@@ -183,6 +183,7 @@ def train_checks() -> dict[str, Check]:
         "bound.attack.steps": integer(0),
         "bound.attack.step_size": optional(number(above=0.0), "2.5 / steps, as a multiple of eps_i"),
         "bound.attack.restarts": integer(1),
+        "bound.attack.eps_scale": number(above=0.0),
         # schedule
         "schedule.eps_train": radius,
         "schedule.eps_eval": radius,

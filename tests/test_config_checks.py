@@ -59,6 +59,7 @@ BAD_TRAIN_VALUES = {
     "bound.attack.steps": [-1, 2.5],
     "bound.attack.step_size": [0, -1.0, "x"],
     "bound.attack.restarts": [0, 1.5],
+    "bound.attack.eps_scale": [0, -2.1, "big", math.inf],
     "schedule.eps_train": [-0.1, "abc", math.inf],
     "schedule.eps_eval": ["abc", -1, None, math.nan],
     "schedule.allow_eval_above_train": ["true"],

@@ -7,19 +7,45 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from lirpa_reweight import recipe
-from lirpa_reweight.methods import CCIBP, MTLIBP, SABR
+from lirpa_reweight.methods import CCIBP, MTLIBP, SABR, AttackSettings
 from lirpa_reweight.train import train
 
-PRESETS = {  # preset: (method, coefficient key, value, eps_eval, model, epochs)
-    "cifar_sabr": ("SABR", "lambda_start", 0.7, 8 / 255, "cnn_7layer", 160),
-    "cifar_sabr_2_255": ("SABR", "lambda_start", 0.1, 2 / 255, "cnn_7layer", 160),
-    "cifar_ccibp": ("CC-IBP", "alpha_start", 0.5, 8 / 255, "cnn_7layer", 160),
-    "cifar_ccibp_2_255": ("CC-IBP", "alpha_start", 0.01, 2 / 255, "cnn_7layer", 160),
-    "cifar_mtlibp": ("MTL-IBP", "alpha_start", 0.5, 8 / 255, "cnn_7layer", 160),
-    "cifar_mtlibp_2_255": ("MTL-IBP", "alpha_start", 0.004, 2 / 255, "cnn_7layer", 160),
-    "mnist_sabr": ("SABR", "lambda_start", 0.6, 0.3, "cnn_4layer", 6),
-    "mnist_ccibp": ("CC-IBP", "alpha_start", 0.3, 0.3, "cnn_4layer", 6),
-    "mnist_mtlibp": ("MTL-IBP", "alpha_start", 0.08, 0.3, "cnn_4layer", 6),
+PRESETS = {  # preset: (method, coefficient key, value, eps_eval, model)
+    "cifar_sabr": ("SABR", "lambda_start", 0.7, 8 / 255, "cnn_7layer"),
+    "cifar_sabr_2_255": ("SABR", "lambda_start", 0.1, 2 / 255, "cnn_7layer"),
+    "cifar_ccibp": ("CC-IBP", "alpha_start", 0.5, 8 / 255, "cnn_7layer"),
+    "cifar_ccibp_2_255": ("CC-IBP", "alpha_start", 0.01, 2 / 255, "cnn_7layer"),
+    "cifar_mtlibp": ("MTL-IBP", "alpha_start", 0.5, 8 / 255, "cnn_7layer"),
+    "cifar_mtlibp_2_255": ("MTL-IBP", "alpha_start", 0.004, 2 / 255, "cnn_7layer"),
+    "mnist_sabr": ("SABR", "lambda_start", 0.6, 0.3, "cnn_4layer"),
+    "mnist_ccibp": ("CC-IBP", "alpha_start", 0.3, 0.3, "cnn_4layer"),
+    "mnist_mtlibp": ("MTL-IBP", "alpha_start", 0.08, 0.3, "cnn_4layer"),
+}
+# The papers' code: SABR 180 epochs at 8/255 (eth-sri/SABR README), CC-IBP / MTL-IBP 260 (expressive-losses); 160 at
+# 2/255; all with auto_LiRPA's smoothed ramp at mid 0.25.
+PAPER_RAMP = "start=2,length=80,mid=0.25"
+SCHEDULES = {  # preset: (epochs, lr milestones, eps ramp)
+    "cifar_sabr": (180, [140, 160], PAPER_RAMP),
+    "cifar_sabr_2_255": (160, [120, 140], PAPER_RAMP),
+    "cifar_ccibp": (260, [180, 220], PAPER_RAMP),
+    "cifar_ccibp_2_255": (160, [120, 140], PAPER_RAMP),
+    "cifar_mtlibp": (260, [180, 220], PAPER_RAMP),
+    "cifar_mtlibp_2_255": (160, [120, 140], PAPER_RAMP),
+    "mnist_sabr": (6, [4], "start=1,length=3,mid=0.4"),
+    "mnist_ccibp": (6, [4], "start=1,length=3,mid=0.4"),
+    "mnist_mtlibp": (6, [4], "start=1,length=3,mid=0.4"),
+}
+# CC-IBP / MTL-IBP at 2/255 (expressive-losses README): 8 steps of 0.25 x the attack radius, over 2.1 x eps.
+ATTACKS = {  # preset: (steps, step_size, restarts, eps_scale)
+    "cifar_sabr": (8, None, 1, 1.0),
+    "cifar_sabr_2_255": (8, None, 1, 1.0),
+    "cifar_ccibp": (1, 10.0, 1, 1.0),
+    "cifar_ccibp_2_255": (8, 0.25, 1, 2.1),
+    "cifar_mtlibp": (1, 10.0, 1, 1.0),
+    "cifar_mtlibp_2_255": (8, 0.25, 1, 2.1),
+    "mnist_sabr": (3, None, 1, 1.0),
+    "mnist_ccibp": (1, 10.0, 1, 1.0),
+    "mnist_mtlibp": (1, 10.0, 1, 1.0),
 }
 CLASSES = {"SABR": SABR, "CC-IBP": CCIBP, "MTL-IBP": MTLIBP}
 
@@ -42,15 +68,24 @@ def compose_run(overrides):
 @pytest.mark.parametrize("tactics", [[], ["reweight=on", "autoeps=on"]])
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_method_presets_compose_validate_and_build_their_method(preset, tactics):
-    method, key, value, eps_eval, model, epochs = PRESETS[preset]
+    method, key, value, eps_eval, model = PRESETS[preset]
+    epochs, milestones, ramp = SCHEDULES[preset]
     cfg = compose_run([f"+experiment={preset}", *tactics])
     recipe.validate(cfg)
     assert cfg.name == preset and cfg.bound.method == method and cfg.bound[key] == value
     assert cfg.model.name == model and cfg.trainer.epochs == epochs
+    assert list(cfg.schedule.lr_scheduler.milestones) == milestones and cfg.schedule.eps_scheduler.opt_str == ramp
     assert cfg.schedule.eps_eval == pytest.approx(eps_eval) and cfg.schedule.eps_train >= cfg.schedule.eps_eval
     assert (cfg.reweight.gamma > 0) == bool(tactics) and (cfg.autoeps.maxoff > 0) == bool(tactics)
     built = recipe.build_method(cfg)
-    assert isinstance(built, CLASSES[method]) and built.attack.steps >= 1
+    assert isinstance(built, CLASSES[method]) and built.attack == AttackSettings(*ATTACKS[preset])
+
+
+def test_the_shared_cifar_schedule_keeps_shi_et_al_ramp_and_length():
+    # The method presets override the ramp and length in themselves, not in the schedule cifar_ibp & co. share.
+    cfg = compose_run(["schedule=cifar_cnn7"])
+    assert cfg.schedule.eps_scheduler.opt_str == "start=2,length=80,mid=0.4"
+    assert list(cfg.schedule.lr_scheduler.milestones) == [120, 140]
 
 
 def test_bad_method_options_are_refused_before_training():
@@ -58,6 +93,11 @@ def test_bad_method_options_are_refused_before_training():
         recipe.validate(compose_run(["+experiment=mnist_sabr", "bound.lambda_start=1.5"]))
     with pytest.raises(ValueError, match=r"bound.attack.steps=-1: an integer >= 0"):
         recipe.validate(compose_run(["bound=cc_ibp", "bound.attack.steps=-1"]))
+    with pytest.raises(ValueError, match=r"bound.attack.eps_scale=0: a number > 0"):
+        recipe.validate(compose_run(["bound=mtl_ibp", "bound.attack.eps_scale=0"]))
+    # SABR's small box lives inside each example's eps_i ball: a larger attack ball is refused before training.
+    with pytest.raises(ValueError, match=r"bound.method='SABR'.*SABR needs attack.eps_scale=1.*got 2.1"):
+        recipe.validate(compose_run(["+experiment=cifar_sabr", "bound.attack.eps_scale=2.1"]))
     with pytest.raises(ValueError, match="bound.method"):
         recipe.validate(compose_run(["bound.method=TAPS"]))
     with pytest.raises(ValueError, match="eval.alpha_crown_iterations"):

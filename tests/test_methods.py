@@ -1,5 +1,7 @@
 """The training methods (IBP, CROWN-IBP, SABR, CC-IBP, MTL-IBP): identities at their coefficients' ends,
 soundness in their own boxes, the shared PGD attack, and IBP / CROWN-IBP unchanged from the direct bound call."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -65,6 +67,13 @@ def test_registry_builds_every_method_and_refuses_bad_options():
         build_method("CC-IBP", attack={"iterations": 3})
     with pytest.raises(ValueError, match="attack.restarts must be an integer >= 1"):
         build_method("MTL-IBP", attack={"restarts": 0})
+    for bad in (0, -2.1, float("nan"), "2", True):
+        with pytest.raises(ValueError, match=r"attack.eps_scale must be a number > 0 .*got " + re.escape(repr(bad))):
+            build_method("CC-IBP", attack={"eps_scale": bad})
+    # SABR's small box lives inside each example's eps_i ball, so its attack may not search a larger one.
+    with pytest.raises(ValueError, match=r"SABR needs attack.eps_scale=1 .*got 2.1"):
+        build_method("SABR", attack={"eps_scale": 2.1})
+    assert build_method("SABR", attack={"eps_scale": 1.0}).attack.eps_scale == 1.0
 
 
 def test_coefficients_ramp_with_the_eps_ramp():
@@ -213,6 +222,29 @@ def test_pgd_stays_in_each_examples_ball_and_zero_steps_is_the_clean_point(batch
     assert fooled.dtype == torch.bool and (fooled >= clean_wrong).all()
     with pytest.raises(ValueError, match="restarts >= 1"):
         pgd(classifier, x, y, EPS, restarts=0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_eps_scale_scales_the_attack_radius_and_its_step(batch, scale):
+    x, y = batch
+    classifier = make_classifier(train=True)
+    # A one-step attack of 10 x the radius lands on a corner of the attack ball (clamped to the pixel range).
+    settings = AttackSettings(steps=1, step_size=10.0, eps_scale=scale)
+    torch.manual_seed(5)
+    x_adv = adversarial_point(classifier, x, y, EPS, settings)
+    gap = (x_adv - x).abs().flatten(1).max(1).values
+    assert (gap <= scale * EPS + 1e-6).all() and gap[2] == 0
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    hit = EPS > 0
+    assert (gap[hit] >= scale * EPS[hit] - 1e-6).all()  # reaches the attack ball's edge: beyond eps when scale 2
+    # The same as the package's one PGD over radius scale * eps_i, the step size being a multiple of that radius.
+    torch.manual_seed(5)
+    direct = pgd(classifier.eval(), x, y, scale * EPS, steps=1, step_size=10.0).x_adv
+    assert torch.equal(x_adv, direct)
+    torch.manual_seed(5)
+    small_steps = adversarial_point(classifier, x, y, EPS, AttackSettings(steps=3, step_size=0.25, eps_scale=scale))
+    torch.manual_seed(5)
+    assert torch.equal(small_steps, pgd(classifier, x, y, scale * EPS, steps=3, step_size=0.25).x_adv)
 
 
 def test_pgd_keeps_the_worst_restart_per_example(batch):

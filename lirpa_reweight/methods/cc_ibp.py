@@ -2,7 +2,7 @@
 
 ``margin_lb = (1 - a) * (z_y - z_j)(x_adv) + a * ibp_lb``, the worst-case logit differences the loss
 trains on (``a = 1``: IBP; ``a = 0``: adversarial training). The attack runs inside each example's own
-eps_i ball.
+ball of radius ``attack.eps_scale * eps_i`` (by default its eps_i ball).
 
 What the hooks see: those mixed margins, as they are the logits of CC-IBP's cross-entropy:
 ``WeightedRobustLoss`` computes the robust CE of ``[0, -margin_lb]`` (exactly CC-IBP's loss) and weights

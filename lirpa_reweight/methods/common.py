@@ -38,11 +38,14 @@ def ramp(start: float, end: float, progress: float) -> float:
 
 @dataclass(frozen=True)
 class AttackSettings:
-    """The training attack (:func:`lirpa_reweight.attacks.pgd`): steps, step size (a multiple of eps_i), restarts."""
+    """The training attack (:func:`lirpa_reweight.attacks.pgd`): steps, step size, restarts, and the attack
+    radius ``eps_scale * eps_i`` (CC-IBP / MTL-IBP attack a ball larger than eps at 2/255); the step size is a
+    multiple of that attack radius."""
 
     steps: int = 1
     step_size: Optional[float] = None
     restarts: int = 1
+    eps_scale: float = 1.0
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
@@ -51,18 +54,23 @@ class AttackSettings:
             raise ValueError(f"attack.restarts must be an integer >= 1, got {self.restarts!r}")
         if self.step_size is not None and not (math.isfinite(float(self.step_size)) and self.step_size > 0):
             raise ValueError(f"attack.step_size must be a number > 0 (a multiple of eps) or null, got {self.step_size!r}")
+        if (isinstance(self.eps_scale, bool) or not isinstance(self.eps_scale, (int, float))
+                or not (math.isfinite(self.eps_scale) and self.eps_scale > 0)):
+            raise ValueError(f"attack.eps_scale must be a number > 0 (the attack radius over eps_i), "
+                             f"got {self.eps_scale!r}")
 
     @classmethod
     def from_options(cls, options: Optional[dict]) -> "AttackSettings":
         options = dict(options or {})
-        unknown = sorted(set(options) - {"steps", "step_size", "restarts"})
+        unknown = sorted(set(options) - {"steps", "step_size", "restarts", "eps_scale"})
         if unknown:
-            raise ValueError(f"unknown attack option(s) {unknown}; allowed: steps, step_size, restarts")
+            raise ValueError(f"unknown attack option(s) {unknown}; allowed: steps, step_size, restarts, eps_scale")
         return cls(**options)
 
 
 def adversarial_point(classifier, x: torch.Tensor, y: torch.Tensor, eps, attack: AttackSettings) -> torch.Tensor:
-    """A PGD point inside each example's own ball of radius ``eps_i``; the clean ``x`` for a 0-step attack.
+    """A PGD point inside each example's own ball of radius ``attack.eps_scale * eps_i`` (clamped to the data
+    range); the clean ``x`` for a 0-step attack.
 
     The attack runs in eval mode, so that it neither uses nor updates train-mode BatchNorm statistics
     (as CTRAIN and SABR's code do); the caller's mode is restored.
@@ -70,7 +78,7 @@ def adversarial_point(classifier, x: torch.Tensor, y: torch.Tensor, eps, attack:
     was_training = classifier.training
     classifier.eval()
     try:
-        return pgd(classifier, x, y, eps, steps=attack.steps, restarts=attack.restarts,
+        return pgd(classifier, x, y, eps * attack.eps_scale, steps=attack.steps, restarts=attack.restarts,
                    step_size=attack.step_size).x_adv
     finally:
         classifier.train(was_training)
@@ -90,7 +98,7 @@ def margin_cross_entropy(margins: torch.Tensor) -> torch.Tensor:
 
 class AdversarialMix:
     """The part CC-IBP and MTL-IBP share: a coefficient ``alpha`` ramped from ``alpha_start`` to ``alpha_end``
-    (1: IBP, 0: adversarial training), and an attack inside each example's own eps_i ball."""
+    (1: IBP, 0: adversarial training), and an attack inside each example's own ball of ``attack.eps_scale * eps_i``."""
 
     def __init__(self, alpha_start: float = 0.5, alpha_end: Optional[float] = None, attack: Optional[dict] = None):
         self.alpha_start = check_coefficient("alpha_start", alpha_start)

@@ -2,7 +2,7 @@
 
 The loss is a mix of two cross-entropies, not the CE of one logit vector, so the method hands over
 the per-example losses (``robust_losses``) beside the margins. The attack runs inside each example's
-own eps_i ball.
+own ball of radius ``attack.eps_scale * eps_i`` (by default its eps_i ball).
 
 What the hooks see: ``margin_lb`` are the IBP margins over the eps_i ball, those of the certified
 part of the loss. ``WeightedRobustLoss`` weights each example's MTL-IBP loss by the eq. 6 margin of

@@ -40,6 +40,9 @@ class SABR:
         self.lambda_start = check_coefficient("lambda_start", lambda_start)
         self.lambda_end = self.lambda_start if lambda_end is None else check_coefficient("lambda_end", lambda_end)
         self.attack = AttackSettings.from_options(attack)
+        if self.attack.eps_scale != 1:  # the small box must lie inside the ball it is a part of
+            raise ValueError(f"SABR needs attack.eps_scale=1 (its small box lives inside each example's eps_i ball), "
+                             f"got {self.attack.eps_scale!r}")
 
     def __call__(self, classifier, x, y, eps, progress: float = 1.0) -> MethodOutput:
         ratio = ramp(self.lambda_start, self.lambda_end, progress)
