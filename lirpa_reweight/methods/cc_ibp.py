@@ -19,6 +19,6 @@ class CCIBP(AdversarialMix):
 
     def __call__(self, classifier, x, y, eps, progress: float = 1.0) -> MethodOutput:
         a = self.alpha(progress)
-        x_adv, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps)
-        adv_margins = logit_margins(classifier(x_adv), y.to(logits.device))
+        adv_logits, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps)
+        adv_margins = logit_margins(adv_logits, y.to(logits.device))
         return MethodOutput(logits, (1.0 - a) * adv_margins + a * ibp_lb)

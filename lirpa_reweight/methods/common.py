@@ -109,10 +109,15 @@ class AdversarialMix:
         return ramp(self.alpha_start, self.alpha_end, progress)
 
     def adversarial_and_ibp(self, classifier, x, y, eps):
-        """The attack point, then the clean logits and IBP margin bounds over the eps_i balls."""
+        """The logits at the attack point, then the clean logits and IBP margin bounds over the eps_i balls.
+
+        The bound pass comes last, so that the bounded module still holds its intermediate bounds afterwards
+        (a plain forward clears them): the warm-up regulariser reads them after the method.
+        """
         x_adv = adversarial_point(classifier, x, y, eps, self.attack)
+        adv_logits = classifier(x_adv)
         logits, ibp_lb = classifier.certify(x, y, eps, method="IBP")
-        return x_adv, logits, ibp_lb
+        return adv_logits, logits, ibp_lb
 
     def coefficients(self, progress: float) -> dict:
         return {"alpha": self.alpha(progress)}

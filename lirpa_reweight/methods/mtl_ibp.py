@@ -22,6 +22,6 @@ class MTLIBP(AdversarialMix):
 
     def __call__(self, classifier, x, y, eps, progress: float = 1.0) -> MethodOutput:
         a = self.alpha(progress)
-        x_adv, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps)
-        adv_losses = F.cross_entropy(classifier(x_adv), y.to(logits.device), reduction="none")
+        adv_logits, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps)
+        adv_losses = F.cross_entropy(adv_logits, y.to(logits.device), reduction="none")
         return MethodOutput(logits, ibp_lb, (1.0 - a) * adv_losses + a * margin_cross_entropy(ibp_lb))
