@@ -243,6 +243,7 @@ def format_markdown(root: Path, rows: list[Row], incomplete: list[IncompleteRun]
         if by_method else []
     eps_values = {_eps_text(row) for row in rows}
     eps_column = len(eps_values) > 1
+    pgd_column = any(row.pgd_error is not None for row in rows)
     lines = [f"# Summary of {root}", ""]
     if rows:
         eps_note = "" if eps_column else f" at eps {eps_values.pop()} (eps_eval of final.json)"
@@ -250,11 +251,9 @@ def format_markdown(root: Path, rows: list[Row], incomplete: list[IncompleteRun]
                      "Verified: certified by any evaluated bound method. Best row (lowest mean verified error"
                      f"{', per eps' if eps_column else ''}) marked **best**." + (
                          " PGD: wrong on the clean input or after the PGD attack (a lower bound on the robust "
-                         "error, as verified is an upper bound)." if any(r.pgd_error is not None for r in rows)
-                         else ""))
+                         "error, as verified is an upper bound)." if pgd_column else ""))
         if common:
             lines += ["", "Common to every row: " + setting_label(common)]
-        pgd_column = any(row.pgd_error is not None for row in rows)
         header = (columns or ["setting"]) + (["eps"] if eps_column else []) + ["clean error (%)"]
         header += ["PGD error (%)"] if pgd_column else []
         header += ["verified error (%)"]
