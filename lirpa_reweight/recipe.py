@@ -123,6 +123,22 @@ def build_hooks(cfg: DictConfig, num_examples: int, device, process_group=None,
                                        process_group=process_group, sync_checks=sync_checks)
 
 
+def check_eps_ramp(cfg: DictConfig, batches_per_epoch: int) -> None:
+    """Refuse an eps ramp that auto_LiRPA's ``SmoothedScheduler`` would divide by zero on at its first batch:
+    its exponential part needs at least one batch before its mid point and its linear part one after."""
+    base_scheduler = instantiate(cfg.schedule.eps_scheduler)
+    if type(base_scheduler).__name__ != "SmoothedScheduler":
+        return
+    ramp = base_scheduler.schedule_length * batches_per_epoch
+    mid = int(ramp * base_scheduler.mid_point)
+    if not 0 < mid < ramp:
+        raise ValueError(
+            f"bad config value schedule.eps_scheduler.opt_str={cfg.schedule.eps_scheduler.opt_str!r}: with "
+            f"{batches_per_epoch} batches per epoch its ramp of length*batches = {ramp} batches puts the mid point "
+            f"at batch int({ramp}*mid) = {mid}; SmoothedScheduler needs 0 < that < {ramp} (raise length or mid, "
+            f"keep mid below 1, or use smaller batches)")
+
+
 def build_method(cfg: DictConfig):
     """The training method of ``bound.method``: its options are the other ``bound.*`` keys (CROWN-IBP's beta
     ramp lives in ``schedule``)."""

@@ -134,12 +134,14 @@ def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict, device: torch.devi
                                 hint=f"lower schedule.lr (now {cfg.schedule.lr:g}; optimizer.lr follows it), or "
                                      "ramp eps more slowly (schedule.eps_scheduler)")
     distributed.barrier(group)  # every rank has read its checkpoint before rank 0 tidies the directory
-    if main:
-        _claim_run_directory(cfg, run_dir, state, hydra_files, world_size)
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
 
     dataset = recipe.train_dataset(cfg)
+    batches_per_epoch = len(recipe.train_loader(cfg, dataset, torch.Generator(), group))
+    recipe.check_eps_ramp(cfg, batches_per_epoch)  # before the run directory says that this run started
+    if main:
+        _claim_run_directory(cfg, run_dir, state, hydra_files, world_size)
     info = recipe.data_info(dataset)
     # Input checks deferred to the epoch's logging point: the step never waits for the device.
     classifier = recipe.build_classifier(cfg.model.name, info, device=device, sync_checks=False, init=cfg.model.init)
@@ -168,7 +170,7 @@ def _train(cfg: DictConfig, run_dir: Path, hydra_files: dict, device: torch.devi
     distributed.broadcast_state(classifier, group)
 
     loader_generator = torch.Generator()
-    autoeps.set_epoch_length(len(recipe.train_loader(cfg, dataset, loader_generator, group)))
+    autoeps.set_epoch_length(batches_per_epoch)
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch) if main else None
     for epoch in range(start_epoch, cfg.trainer.epochs + 1):
         started = time.time()

@@ -240,3 +240,52 @@ def test_train_refuses_before_building_data_or_writing_anything(tmp_path, monkey
     with pytest.raises(ConfigError, match="trainer.checkpoint_every=0"):
         train_module.train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def _smoothed_scheduler_divides_by_zero(opt_str, batches_per_epoch):
+    """What auto_LiRPA's own scheduler does over its whole ramp: the independent side of the check."""
+    from auto_LiRPA.eps_scheduler import SmoothedScheduler
+    scheduler = SmoothedScheduler(0.3, opt_str)
+    scheduler.set_epoch_length(batches_per_epoch)
+    scheduler.train()
+    try:
+        for _ in range(3 * batches_per_epoch):
+            scheduler.step_batch()
+    except ZeroDivisionError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("opt_str, batches, refused", [
+    ("start=1,length=1,mid=0.25", 2, True),    # int(2*0.25) = 0: no batch before the mid point
+    ("start=1,length=1,mid=0.25", 4, False),   # int(4*0.25) = 1
+    ("start=1,length=2,mid=0.25", 2, False),   # int(4*0.25) = 1
+    ("start=1,length=1,mid=0", 100, True),     # mid 0
+    ("start=1,length=1,mid=1", 100, True),     # mid 1: no batch after the mid point
+    ("start=2,length=0", 100, True),           # an empty ramp
+    ("start=1,length=20", 600, False),         # mnist_fast's ramp at batch 100
+])
+def test_an_eps_ramp_smoothedscheduler_cannot_run_is_refused_as_auto_lirpa_would_fail(opt_str, batches, refused):
+    cfg = composed(["+experiment=mnist_fast", f"schedule.eps_scheduler.opt_str='{opt_str}'"])
+    assert _smoothed_scheduler_divides_by_zero(opt_str, batches) == refused
+    if refused:
+        with pytest.raises(ValueError, match=r"schedule\.eps_scheduler\.opt_str=.*" + str(batches)
+                           + " batches per epoch"):
+            recipe.check_eps_ramp(cfg, batches)
+    else:
+        recipe.check_eps_ramp(cfg, batches)
+
+
+def test_train_refuses_an_eps_ramp_too_short_for_its_batches_before_the_first_step(tmp_path, monkeypatch):
+    from lirpa_reweight import train as train_module
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("training started before the eps ramp was checked")
+
+    monkeypatch.setattr(train_module, "train_epoch", no_step)
+    cfg = composed(["+experiment=mnist_fast", "data=synthetic", "data.num_train=200", "trainer.batch_size=100",
+                    "schedule.eps_scheduler.opt_str='start=1,length=1,mid=0.25'"])
+    cfg.run_dir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"opt_str='start=1,length=1,mid=0.25': with 2 batches per epoch"):
+        train_module.train(cfg)
+    assert not (tmp_path / "run" / "config.yaml").exists()  # the run directory does not say that it started
