@@ -11,6 +11,8 @@ from typing import NamedTuple, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from .distributed import GlobalBatchSlice
+
 Eps = Union[float, torch.Tensor]
 
 
@@ -26,8 +28,18 @@ def _per_pixel(eps: Eps, x: torch.Tensor) -> torch.Tensor:
     return eps.view((-1,) + (1,) * (x.dim() - 1)) if eps.dim() == 1 else eps
 
 
+def random_start_noise(x: torch.Tensor, batch_slice: Optional[GlobalBatchSlice] = None) -> torch.Tensor:
+    """Uniform noise in [-1, 1] shaped like ``x``, from the default generator. Under data parallelism every
+    rank draws the whole global batch's noise and keeps its rows (``batch_slice``): the ranks' generators are
+    seeded alike and stay in step, so together they draw what one process draws for that batch."""
+    if batch_slice is None:
+        return torch.empty_like(x).uniform_(-1.0, 1.0)
+    noise = torch.empty((batch_slice.size,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    return noise.uniform_(-1.0, 1.0)[batch_slice.start:batch_slice.start + len(x)]
+
+
 def pgd(classifier, x: torch.Tensor, y: torch.Tensor, eps: Eps, steps: int = 20, restarts: int = 1,
-        step_size: Optional[float] = None) -> Attack:
+        step_size: Optional[float] = None, batch_slice: Optional[GlobalBatchSlice] = None) -> Attack:
     """L-inf PGD on the cross-entropy, in pixel space, inside each ball clamped to the data range.
 
     Args:
@@ -36,6 +48,8 @@ def pgd(classifier, x: torch.Tensor, y: torch.Tensor, eps: Eps, steps: int = 20,
         steps: gradient-sign steps per restart; 0 returns the clean ``x`` (no random start).
         restarts: independent random starts; the point of highest loss is kept per example.
         step_size: each step's move as a multiple of the example's eps; None gives ``2.5 / steps``.
+        batch_slice: where ``x`` sits in the global batch under data parallelism (see
+            :func:`random_start_noise`); None for one process.
 
     Runs in whatever train/eval mode the classifier is in, computes no parameter gradients and
     does not synchronise with the device (a radius of 0 simply leaves the example at ``x``).
@@ -51,7 +65,7 @@ def pgd(classifier, x: torch.Tensor, y: torch.Tensor, eps: Eps, steps: int = 20,
     x_low, x_high = (x - radius).clamp(low, high), (x + radius).clamp(low, high)
     best_x, best_loss = x.detach(), torch.full_like(y, -float("inf"), dtype=x.dtype)
     for _ in range(restarts):
-        start = x + torch.empty_like(x).uniform_(-1.0, 1.0) * radius
+        start = x + random_start_noise(x, batch_slice) * radius
         x_adv = torch.max(torch.min(start, x_high), x_low)
         for _ in range(steps):
             x_adv.requires_grad_(True)

@@ -10,7 +10,7 @@ import datetime
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping, Optional
+from typing import Iterable, Iterator, Mapping, NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -124,6 +124,13 @@ def barrier(group) -> None:
         dist.barrier(group)
 
 
+class GlobalBatchSlice(NamedTuple):
+    """Where one rank's examples sit in a global batch: rows ``start:start + B`` of its ``size`` rows."""
+
+    start: int
+    size: int
+
+
 class GlobalBatchSampler:
     """Each rank's contiguous slice of each global batch of a seeded random permutation.
 
@@ -157,6 +164,12 @@ class GlobalBatchSampler:
         order = torch.randperm(self.num_examples, generator=self.generator)
         for batch in order.split(self.batch_size):
             yield batch.tensor_split(self.world_size)[self.rank].tolist()
+
+    def slice_of(self, batch_number: int) -> GlobalBatchSlice:
+        """This rank's rows of global batch ``batch_number`` of an epoch (as ``tensor_split`` cuts it)."""
+        size = min(self.batch_size, self.num_examples - batch_number * self.batch_size)
+        small, extra = divmod(size, self.world_size)  # the first ``extra`` parts hold one more
+        return GlobalBatchSlice(self.rank * small + min(self.rank, extra), size)
 
 
 def shard(num_examples: int, group) -> range:

@@ -69,7 +69,8 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
     loss_weight = None
     method = cfg.bound.method
     train_method = recipe.build_method(cfg)
-    for x, y, index in tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False):
+    for batch_number, (x, y, index) in enumerate(tqdm(loader, desc=f"epoch {epoch}", disable=not progress,
+                                                      leave=False)):
         # index stays where the loader made it (CPU): AutoEpsScheduler checks it there without a GPU sync.
         x, y = x.to(classifier.device, non_blocking=True), y.to(classifier.device, non_blocking=True)
         autoeps.step_batch()
@@ -78,7 +79,9 @@ def train_epoch(classifier, loader, criterion, autoeps, optimizer, cfg, epoch, p
         eps = autoeps.eps(index)
         # The method's margins go to both hooks unchanged (see lirpa_reweight/methods/).
         ramp = ramp_progress(cfg, eps_base)
-        logits, lb, robust_losses = train_method(classifier, x, y, eps, ramp)
+        # Under DDP the loader's GlobalBatchSampler knows where this rank's rows sit in the global batch.
+        batch_slice = loader.batch_sampler.slice_of(batch_number) if group is not None else None
+        logits, lb, robust_losses = train_method(classifier, x, y, eps, ramp, batch_slice)
         loss = criterion(lb, logits, y, kappa=kappa, robust_losses=robust_losses)
         if regularizer is not None:  # Shi et al.'s warm-up terms, from the bounds the method just computed
             loss = loss + regularizer(classifier.bounded, eps_base, autoeps.get_max_eps())

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lirpa_reweight  # noqa: F401
 from auto_LiRPA.eps_scheduler import FixedScheduler
-from lirpa_reweight import distributed
+from lirpa_reweight import distributed, methods
 from lirpa_reweight.autoeps import AutoEpsScheduler
 from lirpa_reweight.bounds import BoundedClassifier
 from lirpa_reweight.reweight import WeightedRobustLoss
@@ -69,8 +69,9 @@ def data():
     return torch.rand((N,) + SHAPE, generator=gen), torch.randint(0, CLASSES, (N,), generator=gen)
 
 
-def run_steps(rank, world_size, group, alpha):
-    """STEPS steps of the hooks' loop on this rank's slices of the global batches; returns what to compare."""
+def run_steps(rank, world_size, group, alpha, method_name="IBP"):
+    """STEPS steps of the hooks' loop on this rank's slices of the global batches; returns what to compare.
+    With an attacking method the ranks draw the random starts of the whole global batch and keep their rows."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(9, 8), nn.ReLU(), nn.Linear(8, CLASSES))  # no BatchNorm
     clf = BoundedClassifier(model, torch.rand((2,) + SHAPE), device="cpu", sync_checks=False)
@@ -80,13 +81,16 @@ def run_steps(rank, world_size, group, alpha):
     autoeps.train()
     optimizer = torch.optim.SGD(clf.parameters(), lr=0.5)
     x, y = data()
+    method = methods.build_method(method_name, **METHOD_OPTIONS[method_name])
     gen = torch.Generator().manual_seed(3)
     losses, grads = [], []
-    batches = list(distributed.GlobalBatchSampler(N, BATCH, gen, rank, world_size)) * 2
-    for index in batches[:STEPS]:
+    sampler = distributed.GlobalBatchSampler(N, BATCH, gen, rank, world_size)
+    batches = list(sampler) * 2
+    for step, index in enumerate(batches[:STEPS]):
         index = torch.tensor(index)
-        logits, lb = clf.certify(x[index], y[index], autoeps.eps(index))
-        loss = criterion(lb, logits, y[index], kappa=0.3)
+        batch_slice = sampler.slice_of(step % len(sampler)) if group is not None else None
+        logits, lb, robust_losses = method(clf, x[index], y[index], autoeps.eps(index), 1.0, batch_slice)
+        loss = criterion(lb, logits, y[index], kappa=0.3, robust_losses=robust_losses)
         autoeps.update(index, criterion.last_margins)
         optimizer.zero_grad()
         loss.backward()
@@ -97,7 +101,11 @@ def run_steps(rank, world_size, group, alpha):
     return {"losses": torch.stack(losses), "grads": torch.stack(grads), "offsets": autoeps.offsets.clone()}
 
 
-ALPHAS = (0.1, 0.0)  # alpha 0: the global softmax path of the weights
+# alpha 0: the global softmax path of the weights; SABR, MTL-IBP: a random-start attack in the step (MTL-IBP:
+# per-example losses too)
+CASES = ((0.1, "IBP"), (0.0, "IBP"), (0.1, "SABR"), (0.1, "MTL-IBP"))
+METHOD_OPTIONS = {"IBP": {}, "SABR": {"lambda_start": 0.5, "attack": {"steps": 2}},
+                  "MTL-IBP": {"alpha_start": 0.3, "attack": {"steps": 2}}}
 
 
 def _rank_main(rank, port, out):
@@ -105,18 +113,30 @@ def _rank_main(rank, port, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        for alpha in ALPHAS:  # one spawn for both: starting a process costs more than the steps
-            torch.save(run_steps(rank, 2, dist.group.WORLD, alpha), f"{out}.{alpha}.{rank}")
+        for alpha, method in CASES:  # one spawn for all: starting a process costs more than the steps
+            torch.save(run_steps(rank, 2, dist.group.WORLD, alpha, method), f"{out}.{alpha}.{method}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def test_global_batch_slices_are_the_rows_each_rank_is_given():
+    for num_examples, world_size in ((N, 1), (N, 2), (25, 3), (26, 4)):  # shards of 3/2/2, 2/2/2/1, ...
+        samplers = [distributed.GlobalBatchSampler(num_examples, BATCH, torch.Generator().manual_seed(5), rank,
+                                                   world_size) for rank in range(world_size)]
+        single = list(distributed.GlobalBatchSampler(num_examples, BATCH, torch.Generator().manual_seed(5)))
+        shards = [list(sampler) for sampler in samplers]
+        for number, whole in enumerate(single):
+            for sampler, batches in zip(samplers, shards):
+                part, where = batches[number], sampler.slice_of(number)
+                assert where.size == len(whole) and whole[where.start:where.start + len(part)] == part
 
 
 def test_two_gloo_ranks_equal_one_process_on_the_same_global_batches(tmp_path):
     out = str(tmp_path / "rank")
     mp.spawn(_rank_main, args=(free_port(), out), nprocs=2)
-    for alpha, rank in [(alpha, rank) for alpha in ALPHAS for rank in range(2)]:
-        single = run_steps(0, 1, None, alpha)
-        ranked = torch.load(f"{out}.{alpha}.{rank}")
+    for (alpha, method), rank in [(case, rank) for case in CASES for rank in range(2)]:
+        single = run_steps(0, 1, None, alpha, method)
+        ranked = torch.load(f"{out}.{alpha}.{method}.{rank}")
         assert (single["offsets"] > 0).sum() >= 5  # Algorithm 1 did write offsets
         torch.testing.assert_close(ranked["offsets"], single["offsets"], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(ranked["losses"], single["losses"], rtol=1e-5, atol=1e-7)

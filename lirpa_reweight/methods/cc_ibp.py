@@ -17,8 +17,8 @@ from .common import AdversarialMix, MethodOutput, logit_margins
 class CCIBP(AdversarialMix):
     name = "CC-IBP"
 
-    def __call__(self, classifier, x, y, eps, progress: float = 1.0) -> MethodOutput:
+    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None) -> MethodOutput:
         a = self.alpha(progress)
-        adv_logits, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps)
+        adv_logits, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps, batch_slice)
         adv_margins = logit_margins(adv_logits, y.to(logits.device))
         return MethodOutput(logits, (1.0 - a) * adv_margins + a * ibp_lb)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..attacks import pgd
 from ..bounds import worst_case_logits_true_first
+from ..distributed import GlobalBatchSlice
 
 
 class MethodOutput(NamedTuple):
@@ -68,18 +69,20 @@ class AttackSettings:
         return cls(**options)
 
 
-def adversarial_point(classifier, x: torch.Tensor, y: torch.Tensor, eps, attack: AttackSettings) -> torch.Tensor:
+def adversarial_point(classifier, x: torch.Tensor, y: torch.Tensor, eps, attack: AttackSettings,
+                      batch_slice: Optional[GlobalBatchSlice] = None) -> torch.Tensor:
     """A PGD point inside each example's own ball of radius ``attack.eps_scale * eps_i`` (clamped to the data
     range); the clean ``x`` for a 0-step attack.
 
     The attack runs in eval mode, so that it neither uses nor updates train-mode BatchNorm statistics
-    (as CTRAIN and SABR's code do); the caller's mode is restored.
+    (as CTRAIN and SABR's code do); the caller's mode is restored. ``batch_slice``: this rank's rows of the
+    global batch under data parallelism (the random starts then match one process's), None for one process.
     """
     was_training = classifier.training
     classifier.eval()
     try:
         return pgd(classifier, x, y, eps * attack.eps_scale, steps=attack.steps, restarts=attack.restarts,
-                   step_size=attack.step_size).x_adv
+                   step_size=attack.step_size, batch_slice=batch_slice).x_adv
     finally:
         classifier.train(was_training)
 
@@ -108,13 +111,13 @@ class AdversarialMix:
     def alpha(self, progress: float) -> float:
         return ramp(self.alpha_start, self.alpha_end, progress)
 
-    def adversarial_and_ibp(self, classifier, x, y, eps):
+    def adversarial_and_ibp(self, classifier, x, y, eps, batch_slice: Optional[GlobalBatchSlice] = None):
         """The logits at the attack point, then the clean logits and IBP margin bounds over the eps_i balls.
 
         The bound pass comes last, so that the bounded module still holds its intermediate bounds afterwards
         (a plain forward clears them): the warm-up regulariser reads them after the method.
         """
-        x_adv = adversarial_point(classifier, x, y, eps, self.attack)
+        x_adv = adversarial_point(classifier, x, y, eps, self.attack, batch_slice)
         adv_logits = classifier(x_adv)
         logits, ibp_lb = classifier.certify(x, y, eps, method="IBP")
         return adv_logits, logits, ibp_lb

@@ -14,7 +14,7 @@ class CROWNIBP:
         self.beta_start = check_coefficient("beta_start", beta_start)
         self.beta_end = check_coefficient("beta_end", beta_end)
 
-    def __call__(self, classifier, x, y, eps, progress: float = 1.0) -> MethodOutput:
+    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None) -> MethodOutput:
         beta = ramp(self.beta_start, self.beta_end, progress)
         logits, lb = classifier.certify(x, y, eps, method="CROWN-IBP", beta=beta)
         return MethodOutput(logits, lb)

@@ -10,7 +10,7 @@ from .common import MethodOutput
 class IBP:
     name = "IBP"
 
-    def __call__(self, classifier, x, y, eps, progress: float = 1.0) -> MethodOutput:
+    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None) -> MethodOutput:
         logits, lb = classifier.certify(x, y, eps, method="IBP")
         return MethodOutput(logits, lb)
 

@@ -20,8 +20,8 @@ from .common import AdversarialMix, MethodOutput, margin_cross_entropy
 class MTLIBP(AdversarialMix):
     name = "MTL-IBP"
 
-    def __call__(self, classifier, x, y, eps, progress: float = 1.0) -> MethodOutput:
+    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None) -> MethodOutput:
         a = self.alpha(progress)
-        adv_logits, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps)
+        adv_logits, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps, batch_slice)
         adv_losses = F.cross_entropy(adv_logits, y.to(logits.device), reduction="none")
         return MethodOutput(logits, ibp_lb, (1.0 - a) * adv_losses + a * margin_cross_entropy(ibp_lb))

@@ -44,9 +44,9 @@ class SABR:
             raise ValueError(f"SABR needs attack.eps_scale=1 (its small box lives inside each example's eps_i ball), "
                              f"got {self.attack.eps_scale!r}")
 
-    def __call__(self, classifier, x, y, eps, progress: float = 1.0) -> MethodOutput:
+    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None) -> MethodOutput:
         ratio = ramp(self.lambda_start, self.lambda_end, progress)
-        x_adv = adversarial_point(classifier, x, y, eps, self.attack)
+        x_adv = adversarial_point(classifier, x, y, eps, self.attack, batch_slice)
         box = small_box(x_adv, *classifier.input_box(x, eps), ratio)
         logits, lb = classifier.certify(x, y, eps, method="IBP", box=box)
         return MethodOutput(logits, lb)
