@@ -22,6 +22,8 @@ from .models import build_model
 from .regularizers import WarmupRegularizer
 from .reweight import WeightedRobustLoss
 
+from auto_LiRPA.eps_scheduler import SmoothedScheduler  # noqa: E402  (after .bounds, which patches auto_LiRPA first)
+
 
 def validate(cfg: DictConfig) -> None:
     """Refuse a bad training config before any work starts, naming the key, the value and what is allowed
@@ -127,16 +129,16 @@ def check_eps_ramp(cfg: DictConfig, batches_per_epoch: int) -> None:
     """Refuse an eps ramp that auto_LiRPA's ``SmoothedScheduler`` would divide by zero on at its first batch:
     its exponential part needs at least one batch before its mid point and its linear part one after."""
     base_scheduler = instantiate(cfg.schedule.eps_scheduler)
-    if type(base_scheduler).__name__ != "SmoothedScheduler":
+    if not isinstance(base_scheduler, SmoothedScheduler):
         return
     ramp = base_scheduler.schedule_length * batches_per_epoch
     mid = int(ramp * base_scheduler.mid_point)
     if not 0 < mid < ramp:
-        raise ValueError(
-            f"bad config value schedule.eps_scheduler.opt_str={cfg.schedule.eps_scheduler.opt_str!r}: with "
-            f"{batches_per_epoch} batches per epoch its ramp of length*batches = {ramp} batches puts the mid point "
-            f"at batch int({ramp}*mid) = {mid}; SmoothedScheduler needs 0 < that < {ramp} (raise length or mid, "
-            f"keep mid below 1, or use smaller batches)")
+        raise config_checks.ConfigError(
+            "schedule.eps_scheduler.opt_str", cfg.schedule.eps_scheduler.opt_str,
+            f"with {batches_per_epoch} batches per epoch its ramp of length*batches = {ramp} batches puts the mid "
+            f"point at batch int({ramp}*mid) = {mid}; SmoothedScheduler needs 0 < that < {ramp} (raise length or "
+            "mid, keep mid below 1, or use smaller batches)")
 
 
 def build_method(cfg: DictConfig):

@@ -4,7 +4,8 @@
 ``method = build_method("SABR", lambda_start=0.4, attack={"steps": 8})`` then
 ``logits, margin_lb, robust_losses = method(classifier, x, y, eps, progress)`` with ``progress`` in [0, 1]
 (``eps_base / eps_train``; under data parallelism also ``batch_slice``, this rank's rows of the global batch, so
-that an attack's random starts are the ones one process would draw), and ``loss = WeightedRobustLoss(...)(margin_lb, logits, y, kappa, robust_losses=...)``.
+that an attack's random starts are the ones one process would draw), and
+``loss = WeightedRobustLoss(...)(margin_lb, logits, y, kappa, robust_losses=...)``.
 Methods know nothing of the tactics; each module's docstring says which margins the hooks see and why.
 """
 from __future__ import annotations
