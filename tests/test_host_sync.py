@@ -38,7 +38,7 @@ def steps_watched(loader, counter, ours, theirs):
         ours.append(sum(n for (_, site), n in new.items() if not in_auto_lirpa(site)))
 
 
-@pytest.mark.parametrize("method", ["IBP", "CROWN-IBP"])
+@pytest.mark.parametrize("method", ["IBP", "CROWN-IBP", "SABR", "CC-IBP", "MTL-IBP"])
 def test_training_steps_do_not_synchronise(method):
     cfg, dataset, classifier, criterion, autoeps, optimizer, generator = build(f"bound={method.lower().replace('-', '_')}")
     generator.manual_seed(1)
