@@ -1,6 +1,6 @@
 # One-command setup for a fresh machine: `make test` or `make demo` create .venv and install everything from
 # package registries (PyPI) alone. The lines of auto_LiRPA (see docs/install.md):
-#   make test                          .venv:          torch 2.14.1 + PyPI auto-lirpa 0.3 (+ lirpa_reweight.compat)
+#   make test                          .venv:          torch 2.14.1 + PyPI auto-lirpa 0.3 (+ lirpa_reweight._compat)
 #   make test-upstream AUTO_LIRPA=SRC  .venv-upstream: torch 2.8.0  + upstream auto_LiRPA from SRC, which you supply:
 #       SRC = "git+https://github.com/Verified-Intelligence/auto_LiRPA" (with GitHub access) or a local checkout
 PYTHON ?= python3
@@ -35,7 +35,7 @@ $(STAMP): setup.cfg setup.py Makefile
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q --no-deps --force-reinstall $(AUTO_LIRPA)
 	$(PY) -m pip install -q -e '.[test,upstream]'
-	$(PY) -c "import lirpa_reweight, auto_LiRPA; print('lirpa_reweight ready on auto_LiRPA', auto_LiRPA.__version__, '; patches applied:', lirpa_reweight.compat.apply())"
+	$(PY) -c "import lirpa_reweight._compat.patches as p, auto_LiRPA; print('lirpa_reweight ready on auto_LiRPA', auto_LiRPA.__version__, '; patches applied:', p.apply())"
 	echo '$(SPEC)' > $@
 
 install-upstream:

@@ -55,11 +55,11 @@ from torch.nn import CrossEntropyLoss
 
 import lirpa_reweight  # noqa: F401  (patches auto_LiRPA for torch 2.x; must come before auto_LiRPA)
 from lirpa_reweight import AutoEpsScheduler, BoundedClassifier, WeightedRobustLoss
-from lirpa_reweight.data import DATASETS
-from lirpa_reweight.hostsync import count_host_syncs, in_auto_lirpa, optimizer_step_counters
+from lirpa_reweight.data.datasets import DATASETS
+from hostsync import count_host_syncs, in_auto_lirpa, optimizer_step_counters
 from lirpa_reweight.models import build_model
-from lirpa_reweight.regularizers import WarmupRegularizer
-from lirpa_reweight.reweight import robust_cross_entropy
+from lirpa_reweight.fast.regularizers import WarmupRegularizer
+from lirpa_reweight.core.margins import robust_cross_entropy
 
 from auto_LiRPA import BoundedModule, BoundedTensor  # noqa: E402
 from auto_LiRPA.eps_scheduler import FixedScheduler  # noqa: E402
@@ -177,9 +177,9 @@ def build_setup(recipe: Recipe, batch_size: int, device: torch.device, seed: int
         def step():
             eps = autoeps.eps(index)
             logits, lb = classifier.certify(x, y, eps, method, beta)
-            loss = criterion(lb, logits, y, kappa=KAPPA)
-            autoeps.update(index, criterion.last_margins)
-            finish(loss)
+            weighted = criterion.compute(lb, logits, y, kappa=KAPPA)
+            autoeps.update(index, weighted.margins)
+            finish(weighted.loss)
         return step
 
     def bare_auto_lirpa(method):
@@ -333,7 +333,7 @@ def paired_overhead(times: dict, slow: str, fast: str) -> tuple[float, float, fl
 
 def host_syncs(setup: Setup) -> dict:
     """Calls per step that make the host wait for the device (item, bool, tolist, nonzero, cuda.synchronize),
-    counted on one step of each variant after the timing (see lirpa_reweight.hostsync)."""
+    counted on one step of each variant after the timing (see benchmarks/hostsync.py)."""
     counts = {}
     for name, step in setup.steps.items():
         with count_host_syncs(optimizer_step_counters(setup.optimizer)) as counter:

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import CrossEntropyLoss
 from torch.utils.data import DataLoader, TensorDataset
 
-import lirpa_reweight.data  # lirpa_reweight (first: it also patches auto_LiRPA for current torch)
+import lirpa_reweight  # lirpa_reweight (first: it also patches auto_LiRPA for current torch)
 from auto_LiRPA import BoundedModule, BoundedTensor
 from auto_LiRPA.eps_scheduler import LinearScheduler, SmoothedScheduler  # noqa: F401 (picked by name)
 from auto_LiRPA.perturbations import PerturbationLpNorm
@@ -79,8 +79,7 @@ def load_data(args):
         root = os.path.expanduser(args.data_root)
         train_data = datasets.MNIST(root, train=True, download=True, transform=transforms.ToTensor())
         test_data = datasets.MNIST(root, train=False, download=True, transform=transforms.ToTensor())
-    info = lirpa_reweight.data.dataset_info("mnist")  # lirpa_reweight: batches yield (x, y, dataset index)
-    return tuple(lirpa_reweight.data.IndexedDataset(d, info) for d in (train_data, test_data))  # lirpa_reweight
+    return tuple(lirpa_reweight.IndexedDataset(d) for d in (train_data, test_data))  # lirpa_reweight: (x, y, index)
 
 
 def run_epoch(model, loader, eps_scheduler, args, opt=None, max_batches=None):
@@ -115,8 +114,9 @@ def run_epoch(model, loader, eps_scheduler, args, opt=None, max_batches=None):
                     clb, _ = model.compute_bounds(IBP=False, C=c, method="backward", bound_upper=False)
                     lb = clb * factor + lb * (1 - factor)
             # The robust cross-entropy: CE of the worst-case logits [0, -lb], true class first.
-            loss = reweight(lb)  # lirpa_reweight: re-weighted robust CE (gamma=0 gives back the line it replaces)
-            eps_scheduler.update(idx, reweight.last_margins)  # lirpa_reweight: Algorithm 1 (no-op in eval)
+            weighted = reweight.compute(lb)  # lirpa_reweight: re-weighted robust CE (gamma=0: the plain one)
+            loss = weighted.loss  # lirpa_reweight
+            eps_scheduler.update(idx, weighted.margins)  # lirpa_reweight: Algorithm 1 (no-op in eval)
         if train:
             opt.zero_grad()
             loss.backward()

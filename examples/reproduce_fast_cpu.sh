@@ -70,7 +70,7 @@ xargs -d '\n' -n 1 -P "$JOBS" bash -c \
 mapfile -t BASELINES < <("$PY" - "$QUICK" "$FAST" <<'PYTHON'
 import sys
 from pathlib import Path
-from lirpa_reweight.summarize import find_run_dirs, run_setting
+from lirpa_reweight.reports.runs import find_run_dirs, run_setting
 
 def runs(root, **wanted):
     root = Path(root)

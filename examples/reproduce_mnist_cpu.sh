@@ -15,7 +15,7 @@ SWEEP_DIR=${1:-multirun/mnist_quick/reproduce_$(date +%Y-%m-%d_%H-%M-%S)}
 read -r BASELINE BOTH < <("$PY" - "$SWEEP_DIR" <<'PYTHON'
 import sys
 from pathlib import Path
-from lirpa_reweight.summarize import find_run_dirs, run_setting
+from lirpa_reweight.reports.runs import find_run_dirs, run_setting
 
 root = Path(sys.argv[1])
 runs = {}

@@ -6,7 +6,7 @@ Linear, the shape auto_LiRPA traces best. There is no normalisation layer inside
 computed from the input shape, so each model builds for MNIST (1x28x28),
 CIFAR-10 (3x32x32) or any other input that its convolutions do not shrink away.
 
-Weights use PyTorch's default initialisation; ``lirpa_reweight.init.ibp_init_`` applies Shi et al.'s (2021)
+Weights use PyTorch's default initialisation; ``lirpa_reweight.fast.ibp_init.ibp_init_`` applies Shi et al.'s (2021)
 IBP initialisation to any of them. The ``*_bn`` models are BatchNorm twins (BN after every hidden layer, as in
 Shi et al.'s fast training); there are no residual blocks in the zoo.
 """
@@ -17,6 +17,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
+
+from .errors import ArgumentError
 
 
 class Conv(NamedTuple):
@@ -119,10 +121,16 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def model_builder(name: str) -> Callable[[tuple[int, int, int], int], nn.Module]:
+    """The builder registered as ``name``, or :class:`~lirpa_reweight.errors.ArgumentError` naming the choices."""
+    if name not in MODELS:
+        raise ArgumentError("name", name, f"one of {sorted(MODELS)}")
+    return MODELS[name]
+
+
 def build_model(name: str, in_shape: Sequence[int] = (1, 28, 28), num_classes: int = 10) -> nn.Module:
     """The model registered as ``name`` for ``in_shape`` = (channels, height, width) and ``num_classes``."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    builder = model_builder(name)
     try:
         shape = tuple(in_shape)
     except TypeError:
@@ -131,7 +139,7 @@ def build_model(name: str, in_shape: Sequence[int] = (1, 28, 28), num_classes: i
         raise ValueError(f"in_shape must be 3 positive integers (channels, height, width), got {in_shape!r}")
     if not _is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    return MODELS[name](tuple(int(v) for v in shape), int(num_classes))
+    return builder(tuple(int(v) for v in shape), int(num_classes))
 
 
 def relu_units(model: nn.Module, example: torch.Tensor) -> int:

@@ -1,4 +1,5 @@
-"""The paper's results table from finished runs: ``python -m lirpa_reweight.summarize DIR [--by-method]``.
+"""The paper's results table from finished runs: ``python -m lirpa_reweight.summarize DIR [--by-method]`` (or
+``lirpa-summarize``).
 
 Finds every run directory under DIR (a directory with ``.hydra/overrides.yaml`` or ``config.yaml``),
 groups the runs by setting (their command-line overrides other than the seed and other than keys that do
@@ -14,38 +15,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-# Reading run directories lives in runs.py, the table in results_table.py; their names stay importable from here.
-from .results_table import (
-    METHOD_ORDER,
-    IncompleteRun,
-    Row,
-    Stat,
-    format_markdown,
-    optuna_section,
-    paired_differences,
-    summarize,
-    write_csv,
-)
-from .runs import (
-    HOOK_GROUPS,
-    NON_TRAINING_KEYS,
-    NON_TRAINING_PREFIXES,
-    UNUSED,
-    find_run_dirs,
-    hook_enabled,
-    is_run_dir,
-    is_training_key,
-    last_logged_epoch,
-    parse_override,
-    run_setting,
-    setting_label,
-    what_ran,
-)
-
-__all__ = ["main", "METHOD_ORDER", "IncompleteRun", "Row", "Stat", "format_markdown", "optuna_section",
-           "paired_differences", "summarize", "write_csv", "HOOK_GROUPS", "NON_TRAINING_KEYS", "NON_TRAINING_PREFIXES",
-           "UNUSED", "find_run_dirs", "hook_enabled", "is_run_dir", "is_training_key", "last_logged_epoch",
-           "parse_override", "run_setting", "setting_label", "what_ran"]
+from .reports.runs import parse_override
+from .reports.table import format_markdown, optuna_section, paired_differences, summarize, write_csv
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -91,9 +91,11 @@ def dataset_info(name: str, in_shape: Sequence[int] = (1, 28, 28), num_classes: 
 
 
 class IndexedDataset(Dataset):
-    """Wraps a data set of ``(x, y)`` and yields ``(x, y, index)``, index = position in ``base``."""
+    """Wraps a data set of ``(x, y)`` and yields ``(x, y, index)``, index = position in ``base``: what
+    :class:`~lirpa_reweight.core.autoeps.AutoEpsScheduler` keys its offsets on. ``info`` (shape, classes,
+    normalisation) is what the package's own trainer reads; a loop of one's own may leave it out."""
 
-    def __init__(self, base: Dataset, info: DatasetInfo, name: Optional[str] = None):
+    def __init__(self, base: Dataset, info: Optional[DatasetInfo] = None, name: Optional[str] = None):
         self.base = base
         self.info = info
         self.name = name

@@ -28,6 +28,8 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Mapping, Sequence, 
 
 from torchvision import datasets as tv_datasets
 
+from ..errors import ExpectedFailure
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 ENV_DATA_ROOT = "LIRPA_REWEIGHT_DATA"
@@ -64,11 +66,11 @@ SUBPROCESS_TIMEOUT_S = 600
 # ----------------------------------------------------------------------------- errors
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(ExpectedFailure, FileNotFoundError):
     """The data set's files are not on disk and could not be fetched."""
 
 
-class DataFetchError(RuntimeError):
+class DataFetchError(ExpectedFailure, RuntimeError):
     """A fetch from an offline source (npm, Debian) failed."""
 
 

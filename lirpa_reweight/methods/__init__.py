@@ -1,5 +1,5 @@
-"""Training methods: each turns (classifier, x, y, per-example eps, ramp progress) into clean logits and the
-``(B, C-1)`` margins the loss trains on (MTL-IBP also its per-example losses).
+"""Training methods, by name: each turns (classifier, x, y, per-example eps, ramp progress) into clean logits and
+the ``(B, C-1)`` margins the loss trains on (MTL-IBP also its per-example losses).
 
 ``method = build_method("SABR", lambda_start=0.4, attack={"steps": 8})`` then
 ``logits, margin_lb, robust_losses = method(classifier, x, y, eps, progress)`` with ``progress`` in [0, 1]
@@ -7,31 +7,37 @@
 that an attack's random starts are the ones one process would draw), and
 ``loss = WeightedRobustLoss(...)(margin_lb, logits, y, kappa, robust_losses=...)``.
 Methods know nothing of the tactics; each module's docstring says which margins the hooks see and why.
+A new method is one module here with a class decorated ``@register`` (docs/design.md).
 """
 from __future__ import annotations
 
 import inspect
 
-from .cc_ibp import CCIBP
-from .common import AttackSettings, MethodOutput
-from .crown_ibp import CROWNIBP
-from .ibp import IBP
-from .mtl_ibp import MTLIBP
-from .sabr import SABR
+from ..errors import ArgumentError
 
-METHODS = {"IBP": IBP, "CROWN-IBP": CROWNIBP, "SABR": SABR, "CC-IBP": CCIBP, "MTL-IBP": MTLIBP}
+#: name -> method class, filled by :func:`register` as the method modules below are imported.
+TRAINING_METHODS: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: make ``cls`` buildable as ``build_method(cls.name, ...)``."""
+    if cls.name in TRAINING_METHODS:
+        raise ValueError(f"training method {cls.name!r} is registered twice")
+    TRAINING_METHODS[cls.name] = cls
+    return cls
 
 
 def build_method(name: str, **options):
-    """The training method ``name`` (a key of :data:`METHODS`) with its options."""
-    if name not in METHODS:
-        raise ValueError(f"unknown training method {name!r}; allowed: {list(METHODS)}")
-    method = METHODS[name]
+    """The training method ``name`` (a key of :data:`TRAINING_METHODS`) with its options."""
+    if name not in TRAINING_METHODS:
+        raise ArgumentError("method", name, f"one of {list(TRAINING_METHODS)}")
+    method = TRAINING_METHODS[name]
     allowed = list(inspect.signature(method).parameters)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"training method {name} takes no option(s) {unknown}; allowed: {allowed}")
+        raise ArgumentError(unknown[0], options[unknown[0]], f"not an option of training method {name}; "
+                                                             f"its options: {allowed or 'none'}")
     return method(**options)
 
 
-__all__ = ["METHODS", "AttackSettings", "MethodOutput", "build_method", "IBP", "CROWNIBP", "SABR", "CCIBP", "MTLIBP"]
+from . import ibp, crown_ibp, sabr, cc_ibp, mtl_ibp  # noqa: E402,F401  (each registers its method)

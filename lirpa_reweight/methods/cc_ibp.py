@@ -11,9 +11,13 @@ margin is negative. They are a certificate only at ``a = 1``.
 """
 from __future__ import annotations
 
-from .common import AdversarialMix, MethodOutput, logit_margins
+from ..core.margins import logit_margins
+from . import register
+from .base import MethodOutput
+from .mix import AdversarialMix
 
 
+@register
 class CCIBP(AdversarialMix):
     name = "CC-IBP"
 

@@ -1,12 +1,15 @@
-"""CROWN-IBP (Zhang et al. 2020): ``beta * crown_ibp + (1 - beta) * ibp`` margins, beta ramped with eps.
+"""CROWN-IBP (Zhang et al. 2020): ``beta * crown_ibp + (1 - beta) * ibp`` margins, beta moved with the eps ramp
+from ``beta_start`` to ``beta_end`` (1 -> 0 in the paper and in every preset).
 
 The hooks weight and read the mixed margins: the bound the loss trains on, a certificate at every beta.
 """
 from __future__ import annotations
 
-from .common import MethodOutput, check_coefficient, ramp
+from . import register
+from .base import MethodOutput, check_coefficient, interpolate
 
 
+@register
 class CROWNIBP:
     name = "CROWN-IBP"
 
@@ -14,10 +17,12 @@ class CROWNIBP:
         self.beta_start = check_coefficient("beta_start", beta_start)
         self.beta_end = check_coefficient("beta_end", beta_end)
 
+    def beta(self, progress: float) -> float:
+        return interpolate(self.beta_start, self.beta_end, progress)
+
     def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None) -> MethodOutput:
-        beta = ramp(self.beta_start, self.beta_end, progress)
-        logits, lb = classifier.certify(x, y, eps, method="CROWN-IBP", beta=beta)
+        logits, lb = classifier.certify(x, y, eps, method="CROWN-IBP", beta=self.beta(progress))
         return MethodOutput(logits, lb)
 
     def coefficients(self, progress: float) -> dict:
-        return {"beta": ramp(self.beta_start, self.beta_end, progress)}
+        return {"beta": self.beta(progress)}

@@ -4,9 +4,11 @@ The hooks weight and read exactly these certified margins.
 """
 from __future__ import annotations
 
-from .common import MethodOutput
+from . import register
+from .base import MethodOutput
 
 
+@register
 class IBP:
     name = "IBP"
 

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .common import AdversarialMix, MethodOutput, margin_cross_entropy
+from ..core.margins import robust_cross_entropy
+from . import register
+from .base import MethodOutput
+from .mix import AdversarialMix
 
 
+@register
 class MTLIBP(AdversarialMix):
     name = "MTL-IBP"
 
@@ -24,4 +28,4 @@ class MTLIBP(AdversarialMix):
         a = self.alpha(progress)
         adv_logits, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps, batch_slice)
         adv_losses = F.cross_entropy(adv_logits, y.to(logits.device), reduction="none")
-        return MethodOutput(logits, ibp_lb, (1.0 - a) * adv_losses + a * margin_cross_entropy(ibp_lb))
+        return MethodOutput(logits, ibp_lb, (1.0 - a) * adv_losses + a * robust_cross_entropy(ibp_lb))

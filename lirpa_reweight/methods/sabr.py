@@ -17,7 +17,10 @@ from typing import Optional
 
 import torch
 
-from .common import AttackSettings, MethodOutput, adversarial_point, check_coefficient, ramp
+from ..errors import ArgumentError
+from . import register
+from .attack import AttackSettings, adversarial_point
+from .base import MethodOutput, check_coefficient, interpolate
 
 
 def small_box(x_adv: torch.Tensor, x_low: torch.Tensor, x_high: torch.Tensor,
@@ -33,6 +36,7 @@ def small_box(x_adv: torch.Tensor, x_low: torch.Tensor, x_high: torch.Tensor,
     return x_low + shift, x_high - (room - shift)
 
 
+@register
 class SABR:
     name = "SABR"
 
@@ -41,15 +45,15 @@ class SABR:
         self.lambda_end = self.lambda_start if lambda_end is None else check_coefficient("lambda_end", lambda_end)
         self.attack = AttackSettings.from_options(attack)
         if self.attack.eps_scale != 1:  # the small box must lie inside the ball it is a part of
-            raise ValueError(f"SABR needs attack.eps_scale=1 (its small box lives inside each example's eps_i ball), "
-                             f"got {self.attack.eps_scale!r}")
+            raise ArgumentError("attack.eps_scale", self.attack.eps_scale,
+                                "1 for SABR (its small box lives inside each example's eps_i ball)")
 
     def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None) -> MethodOutput:
-        ratio = ramp(self.lambda_start, self.lambda_end, progress)
+        ratio = interpolate(self.lambda_start, self.lambda_end, progress)
         x_adv = adversarial_point(classifier, x, y, eps, self.attack, batch_slice)
         box = small_box(x_adv, *classifier.input_box(x, eps), ratio)
         logits, lb = classifier.certify(x, y, eps, method="IBP", box=box)
         return MethodOutput(logits, lb)
 
     def coefficients(self, progress: float) -> dict:
-        return {"sabr_lambda": ramp(self.lambda_start, self.lambda_end, progress)}
+        return {"sabr_lambda": interpolate(self.lambda_start, self.lambda_end, progress)}

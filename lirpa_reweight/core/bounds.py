@@ -1,0 +1,226 @@
+"""Certified lower bounds of classification margins, through auto_LiRPA.
+
+:class:`BoundedClassifier` wraps a model in ``auto_LiRPA.BoundedModule`` and
+returns, for a batch and a (per-example) L-inf radius, lower bounds of
+``z_y - z_j`` for every ``j != y``: the C-matrix form that auto_LiRPA's
+certified-training examples use (:mod:`.margins` turns them into the paper's eq. 2 and eq. 6).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from auto_LiRPA import BoundedModule, BoundedTensor
+from auto_LiRPA.perturbations import PerturbationLpNorm
+
+from .._compat.quiet import drop_printed
+from .bound_methods import BOUND_METHODS
+from .deferred import DeferredChecks
+from .device import resolve_device
+from .margins import margin_spec
+
+Eps = Union[float, torch.Tensor]
+
+
+class CertifiedBatch(NamedTuple):
+    """What one bound computation gives: clean logits of the centre and margin lower bounds."""
+
+    logits: torch.Tensor  # (B, C)
+    margin_lb: torch.Tensor  # (B, C-1)
+
+
+def _as_channel_stats(values: Optional[Sequence[float]], name: str) -> Optional[torch.Tensor]:
+    if values is None:
+        return None
+    stats = torch.as_tensor(values, dtype=torch.get_default_dtype()).flatten()
+    if name == "std" and (stats <= 0).any():
+        raise ValueError(f"std must be positive in every channel, got {stats.tolist()}")
+    return stats
+
+
+class BoundedClassifier(nn.Module):
+    """A classifier wrapped in auto_LiRPA's ``BoundedModule``, with input normalisation kept outside.
+
+    Args:
+        model: the classifier; it receives *normalised* input.
+        example_input: one batch in pixel units (un-normalised), used to trace the graph.
+        device: where bounds are computed; None picks CUDA when available.
+        mean, std: per-channel normalisation of the data set. Normalisation is applied
+            to ``x``, ``x_L`` and ``x_U`` here rather than inside the bounded graph,
+            because a normalisation layer in the graph breaks CROWN-IBP in auto_LiRPA 0.3.
+        data_range: the valid pixel range; perturbed inputs are clamped to it.
+        bound_opts: passed to ``BoundedModule`` unchanged.
+        sync_checks: True raises on a bad eps or label at once (each check makes the host wait for the
+            device); False counts them on the device and raises from :meth:`check` (labels out of range
+            are clamped for the bound computation meanwhile, so that no device-side assert fires).
+
+    ``eps`` is always in pixel units. The wrapper follows ``train()``/``eval()`` like
+    any module; train-mode BatchNorm bounds use the statistics of the current batch.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        device: Union[str, torch.device, None] = None,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        data_range: tuple[float, float] = (0.0, 1.0),
+        bound_opts: Optional[dict] = None,
+        sync_checks: bool = True,
+    ):
+        super().__init__()
+        self.sync_checks = bool(sync_checks)
+        self.deferred = DeferredChecks({"eps": "eps was negative or not finite",
+                                        "labels": "labels were outside [0, num_classes)"})
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std, or neither")
+        low, high = (float(v) for v in data_range)
+        if not low < high:
+            raise ValueError(f"data_range must be (low, high) with low < high, got {tuple(data_range)}")
+        self.device = resolve_device(device)
+        self.data_range = (low, high)
+        self.register_buffer("mean", _as_channel_stats(mean, "mean"))
+        self.register_buffer("std", _as_channel_stats(std, "std"))
+        self.to(self.device)
+        self.__dict__["model"] = model
+
+        was_training = model.training
+        model.to(self.device)
+        example = self.normalize(example_input.to(self.device))
+        with warnings.catch_warnings(), drop_printed():
+            # Tracing through torch's ONNX exporter warns about every data-dependent branch; auto_LiRPA prints
+            # that it traces BatchNorm1d models in eval mode (the mode is put back below).
+            warnings.simplefilter("ignore")
+            self.bounded = BoundedModule(model, example, device=self.device, bound_opts=bound_opts)
+        # The bounded module holds the model's own Parameter objects; keep the model out of
+        # the module tree so that parameters and state_dict do not list them twice.
+        self.__dict__["model"] = model
+        # Building a BoundedModule can switch the model between train and eval mode.
+        self.train(was_training)
+
+    def train(self, mode: bool = True) -> "BoundedClassifier":
+        super().train(mode)
+        self.model.train(mode)
+        return self
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean is None:
+            return x
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Clean logits for pixel-space input ``x``."""
+        return self.bounded(self.normalize(x.to(self.device)))
+
+    def input_box(self, x: torch.Tensor, eps: Eps) -> tuple[torch.Tensor, torch.Tensor]:
+        """The L-inf ball of radius ``eps`` around ``x``, clamped to the data range (pixel units)."""
+        eps = self._check_eps(eps, x.shape[0])
+        if eps.dim() == 1:
+            eps = eps.view((-1,) + (1,) * (x.dim() - 1))
+        low, high = self.data_range
+        return (x - eps).clamp(low, high), (x + eps).clamp(low, high)
+
+    def certify(self, x: torch.Tensor, y: torch.Tensor, eps: Eps, method: str = "IBP",
+                beta: Optional[float] = None,
+                box: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> CertifiedBatch:
+        """Clean logits and ``(B, C-1)`` margin lower bounds in one pass.
+
+        ``method`` is one of ``"IBP"``, ``"CROWN-IBP"``, ``"CROWN"``, ``"alpha-CROWN"``. For CROWN-IBP,
+        ``beta`` mixes the bounds as in CROWN-IBP training,
+        ``beta * crown_ibp + (1 - beta) * ibp``; None means pure CROWN-IBP. ``box``, pixel-space
+        ``(x_low, x_high)``, bounds that box instead of the eps ball (SABR's small box); the logits
+        stay those of ``x``. alpha-CROWN's bounds carry no gradient (an evaluation method; its
+        iteration count is ``bounded``'s ``optimize_bound_args``).
+        """
+        method = self._check_method(method, beta)
+        x = x.to(self.device)
+        y = y.to(self.device)
+        if x.dim() < 2 or y.shape != (x.shape[0],):
+            raise ValueError(f"expected x of shape (B, ...) and y of shape (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
+        x_low, x_high = self.input_box(x, eps) if box is None else (b.to(self.device) for b in box)
+        perturbation = PerturbationLpNorm(norm=float("inf"), x_L=self.normalize(x_low), x_U=self.normalize(x_high))
+        bounded_x = BoundedTensor(self.normalize(x), perturbation)
+        # Forward on the BoundedTensor first, then compute_bounds without x=, so that
+        # train-mode BatchNorm bounds use this batch's statistics.
+        logits = self.bounded(bounded_x)
+        num_classes = logits.shape[-1]
+        if not self.sync_checks:
+            outside = (y < 0) | (y >= num_classes)
+            self.deferred.record("labels", outside)
+            y = y.clamp(0, num_classes - 1)
+        elif y.min() < 0 or y.max() >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes - 1}], got min {int(y.min())} max {int(y.max())}")
+        spec = margin_spec(y, num_classes)
+        if method == "CROWN":
+            lb, _ = self.bounded.compute_bounds(C=spec, method="CROWN", bound_upper=False)
+        elif method == "alpha-CROWN":
+            lb = self._alpha_crown(bounded_x, spec)
+        elif method == "IBP" or beta == 0:
+            lb, _ = self.bounded.compute_bounds(C=spec, method="IBP", bound_upper=False)
+        elif beta is None or beta == 1:
+            lb, _ = self.bounded.compute_bounds(C=spec, method="CROWN-IBP", bound_upper=False)
+        else:
+            ibp_lb, _ = self.bounded.compute_bounds(C=spec, method="IBP", bound_upper=False)
+            # IBP=False reuses the intermediate IBP bounds just computed: this is CROWN-IBP's last layer.
+            crown_ibp_lb, _ = self.bounded.compute_bounds(C=spec, IBP=False, method="backward", bound_upper=False)
+            lb = beta * crown_ibp_lb + (1.0 - beta) * ibp_lb
+        return CertifiedBatch(logits, lb)
+
+    def margin_lower_bounds(self, x: torch.Tensor, y: torch.Tensor, eps: Eps, method: str = "IBP",
+                            beta: Optional[float] = None) -> torch.Tensor:
+        """``(B, C-1)`` lower bounds of ``z_y - z_j`` for ``j != y`` (class order, ``y`` skipped)."""
+        return self.certify(x, y, eps, method=method, beta=beta).margin_lb
+
+    def check(self, where: str = "") -> None:
+        """Raise the ValueError of any bad eps or label counted since the last check (``sync_checks=False``)."""
+        self.deferred.raise_if_bad(where)
+
+    def _alpha_crown(self, bounded_x: BoundedTensor, spec: torch.Tensor) -> torch.Tensor:
+        """CROWN with its ReLU relaxation slopes optimised (auto_LiRPA's ``CROWN-Optimized``), detached.
+
+        The optimisation needs autograd even under ``no_grad``; the model's parameters are frozen
+        meanwhile so that it leaves no ``.grad`` on them.
+        """
+        # auto_LiRPA 0.3 falls back from sparse to full alphas only when verbose (an indentation slip in
+        # BoundRelu.init_opt_parameters), so a layer with over 90% unstable units crashes: use full alphas.
+        for node in getattr(self.bounded, "optimizable_activations", ()):
+            node.use_sparse_features_alpha = False
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        try:
+            for param in params:
+                param.requires_grad_(False)
+            with torch.enable_grad():
+                lb, _ = self.bounded.compute_bounds(x=(bounded_x,), C=spec, method="CROWN-Optimized",
+                                                    bound_upper=False)
+        finally:
+            for param in params:
+                param.requires_grad_(True)
+        return lb.detach()
+
+    @staticmethod
+    def _check_method(method: str, beta: Optional[float]) -> str:
+        if method not in BOUND_METHODS:
+            raise ValueError(f"method must be one of {BOUND_METHODS}, got {method!r}")
+        if beta is not None:
+            if method != "CROWN-IBP":
+                raise ValueError(f"beta mixes CROWN-IBP with IBP; it needs method='CROWN-IBP', got {method!r}")
+            if not 0.0 <= float(beta) <= 1.0:
+                raise ValueError(f"beta must lie in [0, 1], got {beta}")
+        return method
+
+    def _check_eps(self, eps: Eps, batch: int) -> torch.Tensor:
+        eps = torch.as_tensor(eps, dtype=torch.get_default_dtype(), device=self.device)
+        if eps.dim() > 1 or (eps.dim() == 1 and eps.shape[0] != batch):
+            raise ValueError(f"eps must be a float or a ({batch},) tensor, got shape {tuple(eps.shape)}")
+        bad = ~torch.isfinite(eps) | (eps < 0)
+        if not self.sync_checks:
+            self.deferred.record("eps", bad)
+        elif bad.any():
+            where = bad.nonzero().flatten().tolist()[:5]
+            raise ValueError(f"eps must be finite and >= 0; bad value(s) {eps[bad].flatten()[:5].tolist()} at {where}")
+        return eps
