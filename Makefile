@@ -21,7 +21,7 @@ UPSTREAM_VENV ?= .venv-upstream
 UPSTREAM_TORCH ?= torch==2.8.0 torchvision==0.23.0
 UPSTREAM_GIVEN := $(or $(UPSTREAM_SRC),$(filter-out auto-lirpa==0.3,$(AUTO_LIRPA)))
 
-.PHONY: install install-upstream data test test-upstream demo clean
+.PHONY: install install-upstream data test test-upstream demo clean device-kit
 
 ifneq ($(shell cat $(STAMP) 2>/dev/null),$(SPEC))
 .PHONY: $(STAMP)
@@ -46,6 +46,11 @@ install-upstream:
 data: $(STAMP)
 	$(PY) -m lirpa_reweight.data fetch-mnist
 
+# The GPU machine's kit (docs/gpu.md): wheels and MNIST for a machine without network, in .device-kit/ (ignored).
+KIT_PYTHON ?= 3.12
+device-kit: data
+	KIT_PYTHON=$(KIT_PYTHON) PY=$(PY) bash benchmarks/device_kit.sh
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
@@ -56,4 +61,4 @@ demo: data
 	$(PY) -m lirpa_reweight.train
 
 clean:
-	rm -rf $(VENV) $(UPSTREAM_VENV) build dist *.egg-info outputs multirun
+	rm -rf $(VENV) $(UPSTREAM_VENV) build dist *.egg-info outputs multirun .device-kit .device-kit-*

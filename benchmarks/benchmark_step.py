@@ -5,6 +5,12 @@ through BoundedClassifier and as a bare auto_LiRPA loop.
     python benchmarks/benchmark_step.py [--recipe mnist|cifar|both] [--batch-size N] [--repeats R]
         [--warmup W] [--device cpu|cuda] [--threads T] [--model NAME] [--input-size S] [--markdown]
         [--json PATH]
+    python benchmarks/benchmark_step.py --epoch [--epoch-examples N] [--epoch-rounds R] [--batch-size N]
+        [--device cpu|cuda] [--input-size S] [--json PATH]
+
+``--epoch`` times whole epochs instead of steps: one clean epoch and one IBP epoch of cnn_7layer (Shi et al.
+2021's CIFAR model, their batch 128, eps 8/255) over CIFAR-shaped synthetic data held on the device (no
+DataLoader, no augmentation: compute alone), to set the IBP/clean epoch ratio beside Shi et al.'s 1.8x.
 
 Every variant trains the same model (one set of weights, one Adam optimizer, shared by all variants) on
 the same fixed random batch (pixels uniform in [0, 1], labels uniform, fixed seed), one full step each
@@ -426,6 +432,84 @@ def format_result(result: dict, markdown: bool) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- one epoch: IBP vs clean
+
+EPOCH_MODEL, EPOCH_BATCH, EPOCH_EPS = "cnn_7layer", 128, 8 / 255  # Shi et al. 2021's CIFAR-10 model, batch, eps
+EPOCH_REFERENCE_RATIO = 1.8  # the IBP / clean epoch ratio issue #23 quotes from Shi et al. 2021
+DEFAULT_EPOCH_EXAMPLES = {"cpu": 512, "cuda": 50000}  # CIFAR-10's train set on CUDA; a quick look on a CPU
+
+
+def compare_epochs(device: torch.device, examples: int, batch_size: int, rounds: int, seed: int,
+                   in_size: Optional[int] = None) -> dict:
+    """Seconds of a clean and of an IBP epoch (``examples // batch_size`` full batches, shuffled each epoch).
+
+    The clean step is cross-entropy of the logits, the IBP step ``kappa * CE(clean) + (1 - kappa) * robust CE``
+    through ``BoundedClassifier.certify`` at eps 8/255 (the step benchmark's "IBP" variant); both train the same
+    model with one Adam. A few batches of each run first unrecorded; then ``rounds`` rounds of one epoch each,
+    the order alternating, and the medians are reported with the per-round paired ratio.
+    """
+    info = DATASETS["cifar10"]
+    in_shape = tuple(info.in_shape) if in_size is None else (info.in_shape[0], in_size, in_size)
+    torch.manual_seed(seed)
+    model = build_model(EPOCH_MODEL, in_shape, info.num_classes).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.rand((examples,) + in_shape, generator=generator).to(device)
+    labels = torch.randint(info.num_classes, (examples,), generator=generator).to(device)
+    mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, device=device).view(1, -1, 1, 1)
+    classifier = BoundedClassifier(model, torch.rand((2,) + in_shape), device=device, mean=info.mean, std=info.std,
+                                   sync_checks=False)
+    model.train(), classifier.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = examples // batch_size  # full batches only: train-mode BatchNorm refuses a batch of one
+    if batches < 1:
+        raise ValueError(f"--epoch-examples {examples} is less than one batch of {batch_size}")
+
+    def clean(x, y):
+        return F.cross_entropy(model((x - mean) / std), y)
+
+    def ibp(x, y):
+        logits, lb = classifier.certify(x, y, EPOCH_EPS, "IBP")
+        return KAPPA * F.cross_entropy(logits, y) + (1 - KAPPA) * robust_cross_entropy(lb).mean()
+
+    def epoch(loss_of, limit: Optional[int] = None) -> float:
+        order = torch.randperm(examples, device=device)
+        _sync(device)
+        started = time.perf_counter()
+        for b in range(batches if limit is None else min(limit, batches)):
+            index = order[b * batch_size:(b + 1) * batch_size]
+            loss = loss_of(data[index], labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _sync(device)
+        return time.perf_counter() - started
+
+    epoch(clean, 3), epoch(ibp, 3)  # warm-up: allocations, cuDNN's algorithm search
+    seconds = {"clean": [], "IBP": []}
+    for round_ in range(rounds):
+        for name in (("clean", "IBP") if round_ % 2 == 0 else ("IBP", "clean")):
+            seconds[name].append(epoch(clean if name == "clean" else ibp))
+    clean_s, ibp_s = (float(np.median(seconds[k])) for k in ("clean", "IBP"))
+    paired = [i / c for i, c in zip(seconds["IBP"], seconds["clean"])]
+    return dict(measurement="epoch", model=EPOCH_MODEL, dataset="cifar10 (synthetic, on the device)",
+                in_shape=list(in_shape), examples=examples, batch_size=batch_size, batches=batches, eps=EPOCH_EPS,
+                device=str(device), threads=torch.get_num_threads(), torch=torch.__version__, rounds=rounds,
+                clean_epoch_s=clean_s, ibp_epoch_s=ibp_s, clean_epoch_all_s=seconds["clean"],
+                ibp_epoch_all_s=seconds["IBP"], ibp_over_clean=ibp_s / clean_s,
+                ibp_over_clean_paired_median=float(np.median(paired)), reference_ratio=EPOCH_REFERENCE_RATIO)
+
+
+def format_epochs(result: dict) -> str:
+    shape = "x".join(str(s) for s in result["in_shape"])
+    return (f"epoch: {result['model']} on {result['dataset']} {shape}, {result['batches']} batches of "
+            f"{result['batch_size']}, eps {result['eps']:.4g}, device {result['device']} ({result['threads']} threads), "
+            f"torch {result['torch']}; median of {result['rounds']} epochs each\n"
+            f"clean epoch {result['clean_epoch_s']:.3f} s, IBP epoch {result['ibp_epoch_s']:.3f} s: IBP / clean "
+            f"{result['ibp_over_clean']:.2f}x (per-round paired {result['ibp_over_clean_paired_median']:.2f}x; "
+            f"Shi et al. 2021: {result['reference_ratio']:.1f}x)")
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -447,8 +531,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--epoch", action="store_true",
+                        help="time a clean and an IBP epoch of cnn_7layer instead of the step variants")
+    parser.add_argument("--epoch-examples", type=int, default=None,
+                        help="examples per --epoch epoch (default: 50000 on CUDA, 512 on CPU)")
+    parser.add_argument("--epoch-rounds", type=int, default=3, help="epochs of each kind for --epoch (default 3)")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "repeats", "threads", "input_size"):
+    for name in ("batch_size", "repeats", "threads", "input_size", "epoch_examples", "epoch_rounds"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -464,6 +553,13 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.epoch:
+        result = compare_epochs(device, args.epoch_examples or DEFAULT_EPOCH_EXAMPLES[device.type],
+                                args.batch_size or EPOCH_BATCH, args.epoch_rounds, args.seed, args.input_size)
+        print(format_epochs(result), flush=True)
+        if args.json is not None:
+            args.json.write_text(json.dumps([result], indent=2))
+        return [result]
     keys = ("mnist", "cifar") if args.recipe == "both" else (args.recipe,)
     setups = []
     for key in keys:

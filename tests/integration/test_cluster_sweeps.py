@@ -1,11 +1,13 @@
-"""Cluster sweeps and search: the SLURM launcher presets, a submitit sweep, Optuna searches and their summary."""
+"""Cluster sweeps and search: the SLURM launcher presets, a submitit sweep, Optuna searches and their summary.
+
+The tests of a launcher or sweeper skip where its plugin (the `launchers` extra) is not installed."""
+import importlib.util
 import json
 import math
 import os
 from pathlib import Path
 
 import pytest
-import submitit
 import yaml
 from hydra.utils import instantiate
 
@@ -27,6 +29,21 @@ TINY = [
 SEARCHED = {"reweight.gamma", "reweight.alpha", "autoeps.maxoff"}
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # not even the hydra_plugins namespace
+        return False
+
+
+needs_submitit = pytest.mark.skipif(
+    not (_installed("hydra_plugins.hydra_submitit_launcher") and _installed("submitit")),
+    reason="hydra-submitit-launcher is not installed (pip install .[launchers])")
+needs_optuna = pytest.mark.skipif(
+    not (_installed("hydra_plugins.hydra_optuna_sweeper") and _installed("optuna")),
+    reason="hydra-optuna-sweeper is not installed (pip install .[launchers])")
+
+
 def compose_hydra(overrides):
     return compose_config(overrides, hydra=True)
 
@@ -44,6 +61,8 @@ def finals_by_trial(sweep_dir: Path) -> dict:
 
 def sbatch_script(cfg, tmp_path, monkeypatch) -> str:
     """The sbatch file hydra-submitit-launcher would submit for one job of ``cfg``, without a cluster."""
+    import submitit
+
     scripts = []
 
     def capture(executor, fn, *iterables):
@@ -63,6 +82,7 @@ def sbatch_script(cfg, tmp_path, monkeypatch) -> str:
     return scripts[0]
 
 
+@needs_submitit
 def test_slurm_gpu_preset_starts_one_task_per_gpu(tmp_path, monkeypatch):
     cfg = compose_hydra(["+experiment=cifar_crownibp", "hydra/launcher=slurm_gpu", "hydra.launcher.gpus_per_node=4",
                               "hydra.launcher.partition=gpu", "hydra.launcher.account=proj42",
@@ -82,12 +102,14 @@ def test_slurm_gpu_preset_starts_one_task_per_gpu(tmp_path, monkeypatch):
     assert "--partition" not in bare and "--account" not in bare and "#SBATCH --ntasks-per-node=1" in bare
 
 
+@needs_submitit
 def test_slurm_cpu_preset_is_one_task_without_gpus(tmp_path, monkeypatch):
     cfg = compose_hydra(["hydra/launcher=slurm_cpu", f"hydra.sweep.dir={tmp_path}", "hydra.job.name=train"])
     script = sbatch_script(cfg, tmp_path, monkeypatch)
     assert "#SBATCH --ntasks-per-node=1" in script.splitlines() and "gpus" not in script
 
 
+@needs_submitit
 def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path):
     sweep_dir = tmp_path / "sweep"
     run_cli(["lirpa_reweight.train", "-m", *TINY, "seed=0,1", "hydra/launcher=submitit_local",
@@ -105,6 +127,7 @@ def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path):
 
 # --- Optuna ----------------------------------------------------------------------------------------------------
 
+@needs_optuna
 def test_optuna_presets_compose_with_the_recipes_maxoff_range():
     for experiment, eps_train in (("mnist_ibp", 0.4), ("cifar_crownibp", 8.8 / 255)):
         cfg = compose_hydra([f"+experiment={experiment}", "+sweep=optuna_tactics"])
@@ -132,6 +155,7 @@ def test_objectives_are_checked_and_returned_as_a_sweeper_needs():
             build.read_config(compose_config(["run_dir=unused", f"objectives={bad}"]))
 
 
+@needs_optuna
 def test_optuna_search_names_the_best_trial_and_summarize_reads_it(tmp_path):
     sweep_dir = tmp_path / "search"
     run_cli(["lirpa_reweight.train", "+sweep=optuna_tactics", *TINY, "hydra.sweeper.n_trials=4",
@@ -161,6 +185,7 @@ def test_optuna_search_names_the_best_trial_and_summarize_reads_it(tmp_path):
     assert f"{results['best_params']['reweight.gamma']:.6g}" in section
 
 
+@needs_optuna
 def test_optuna_pareto_search_keeps_exactly_the_non_dominated_trials(tmp_path):
     sweep_dir = tmp_path / "pareto"
     run_cli(["lirpa_reweight.train", "+sweep=optuna_pareto", *TINY, "hydra.sweeper.n_trials=4",

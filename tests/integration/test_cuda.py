@@ -6,6 +6,8 @@ from torch import nn
 import lirpa_reweight  # noqa: F401
 from lirpa_reweight.core.bounds import BoundedClassifier
 
+pytestmark = pytest.mark.cuda  # `pytest -m cuda` selects this file's tests wherever it moves
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL DDP needs 2 CUDA devices")
 

@@ -41,6 +41,8 @@ def test_every_experiment_composes_and_validates(experiment):
 
 @pytest.mark.parametrize("sweep", SWEEPS)
 def test_every_sweep_composes_as_a_multirun(sweep):
+    if sweep.startswith("optuna"):  # the optuna_* presets select hydra/sweeper=optuna (the launchers extra)
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     cfg = compose_run(["+experiment=mnist_ibp", f"+sweep={sweep}"])
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert "seed" in cfg.hydra.sweeper.params

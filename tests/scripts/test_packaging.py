@@ -1,4 +1,5 @@
 """The wheel ships conf/ inside the package, so `python -m lirpa_reweight.train --help` works from anywhere."""
+import os
 import subprocess
 import sys
 import zipfile
@@ -36,12 +37,15 @@ def test_installed_wheel_runs_train_help_from_another_directory(wheel, tmp_path)
     assert install.returncode == 0, install.stderr[-3000:]
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
+    # The wheel first; the dependencies stay where this process found them (on the GPU machine a --target
+    # install on PYTHONPATH, see docs/gpu.md).
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))}
     code = "import lirpa_reweight, runpy, sys; print('FROM', lirpa_reweight.__file__)"
-    where = subprocess.run([sys.executable, "-c", code], cwd=workdir, env={"PYTHONPATH": str(target)},
+    where = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env,
                            capture_output=True, text=True, timeout=300)
     assert f"FROM {target}" in where.stdout, where.stdout + where.stderr[-2000:]
     run = subprocess.run([sys.executable, "-m", "lirpa_reweight.train", "--help"], cwd=workdir,
-                         env={"PYTHONPATH": str(target)}, capture_output=True, text=True, timeout=300)
+                         env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     # Hydra lists the config groups it found: proof that the packaged conf/ was read.
     for group in ("experiment", "model", "reweight", "autoeps", "schedule"):
