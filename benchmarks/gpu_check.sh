@@ -19,6 +19,7 @@
 #        together, default 390); SKIP (step names to leave out, e.g. SKIP="benchmark train_mnist_quick");
 #        SUITE_WORKERS (pytest-xdist workers, default 12; 0: none); SUITE_ARGS (more pytest arguments, e.g. -x);
 #        SUITE_LIMIT_S (the suite's own limit, default 600: in practice what is left of the budget);
+#        LIMIT_SCALE (multiplies each step's own limit, default 1; a CPU dry run on a loaded machine may need 3);
 #        MNIST_ROOT (a data root holding MNIST/raw; default: the kit's gzipped files, else the package's default);
 #        KIT (the device kit folder, default .device-kit); WORK (scratch folder, default a new one under /tmp)
 # Steps: environment data cuda_tests benchmark benchmark_epoch train_mnist_quick train_cifar_sabr
@@ -29,6 +30,7 @@ PY=${PY:-python3}
 OUT=${1:-gpu_check_$(date +%Y-%m-%d_%H-%M-%S)}
 KIT=${KIT:-.device-kit}
 BUDGET_S=${BUDGET_S:-390}
+LIMIT_SCALE=${LIMIT_SCALE:-1}
 SUITE_WORKERS=${SUITE_WORKERS:-12}
 SUITE_ARGS=${SUITE_ARGS:-}
 SKIP=${SKIP:-}
@@ -119,7 +121,7 @@ record() {  # NAME STATUS EXIT SECONDS LIMIT NOTE
 }
 
 step() {  # step NAME LIMIT_SECONDS COMMAND...
-    local name=$1 limit=$2
+    local name=$1 limit=$(($2 * LIMIT_SCALE))
     shift 2
     case " $SKIP " in *" $name "*) record "$name" skipped "" 0 0 "in SKIP"; return ;; esac
     local left=$((BUDGET_S - (SECONDS - T0)))
@@ -189,16 +191,19 @@ if [ "$QUICK" = 1 ]; then
     mnist=(trainer.device=cpu trainer.epochs=1 data.num_train=400 data.num_test=200 trainer.val_examples=100
            "schedule.eps_scheduler.opt_str='start=1,length=1,mid=0.4'" "schedule.lr_scheduler.milestones=[1]")
     # 8 batches an epoch: the ramp's mid point must fall on a batch after the first
-    cifar=(trainer.device=cpu "data.in_shape=[3,16,16]" data.num_train=256 data.num_test=64 trainer.val_examples=64
-           trainer.batch_size=32)
+    cifar=(trainer.device=cpu "data.in_shape=[3,16,16]" data.num_train=128 data.num_test=32 trainer.val_examples=32
+           trainer.batch_size=32 trainer.epochs=1)
 else
     bench=(--device cuda --repeats 20)
     epoch=(--device cuda)
     mnist=(trainer.device=cuda)
-    cifar=(trainer.device=cuda "data.in_shape=[3,32,32]" data.num_train=2560 data.num_test=256 trainer.val_examples=256)
+    cifar=(trainer.device=cuda "data.in_shape=[3,32,32]" data.num_train=2560 data.num_test=256 trainer.val_examples=256
+           trainer.epochs=2)
 fi
-step benchmark 150 "$PY" benchmarks/benchmark_step.py --recipe both --markdown "${bench[@]}" --json "$OUT/benchmark.json"
-step benchmark_epoch 90 "$PY" benchmarks/benchmark_step.py --epoch "${epoch[@]}" --json "$OUT/epoch.json"
+# PYTHONSAFEPATH keeps the script's own folder off sys.path too: the benchmark imports its neighbour hostsync.py.
+bench_env=(env "PYTHONPATH=$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}")
+step benchmark 150 "${bench_env[@]}" "$PY" benchmarks/benchmark_step.py --recipe both --markdown "${bench[@]}" --json "$OUT/benchmark.json"
+step benchmark_epoch 90 "${bench_env[@]}" "$PY" benchmarks/benchmark_step.py --epoch "${epoch[@]}" --json "$OUT/epoch.json"
 step train_mnist_quick 200 "$PY" -m lirpa_reweight.train trainer.progress=false "${mnist[@]}" \
     "hydra.run.dir=$WORK/runs/mnist_quick"
 # The presets' own batch, model, bound, attack and regulariser; both tactics on, maxoff about a third of eps_train
@@ -207,7 +212,7 @@ step train_mnist_quick 200 "$PY" -m lirpa_reweight.train trainer.progress=false 
 # (seen on the CPU at toy size), so only a non-finite loss stops these runs (the losses are in metrics.jsonl).
 for preset in cifar_sabr:0.01 cifar_ccibp_2_255:0.0025 cifar_mtlibp:0.01; do
     step "train_${preset%:*}" 90 "$PY" -m lirpa_reweight.train "+experiment=${preset%:*}" data=synthetic "${cifar[@]}" \
-        trainer.epochs=2 "schedule.eps_scheduler.opt_str='start=1,length=1,mid=0.25'" reweight=on autoeps=on \
+        "schedule.eps_scheduler.opt_str='start=1,length=1,mid=0.25'" reweight=on autoeps=on \
         "autoeps.maxoff=${preset#*:}" trainer.divergence_factor=null trainer.progress=false \
         "hydra.run.dir=$WORK/runs/${preset%:*}"
 done
