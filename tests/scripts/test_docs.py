@@ -60,9 +60,13 @@ def commands_of(paths, module: str) -> list:
 
 
 def sweep_jobs(args: list[str]) -> list[list[str]]:
-    """The override lists of each job of a command line's sweep (one list when nothing is swept)."""
-    parsed = OverridesParser.create().parse_overrides(args)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    """Jobs of a command line's sweep that between them try every swept value: all first values, then each other
+    value of one swept key with the rest at their first (a grid's product would repeat the same checks)."""
+    parser = OverridesParser.create()
+    choices = [[job[0] for job in BasicSweeper.split_arguments([parser.parse_override(arg)], None)[0]]
+               for arg in args]
+    first = [values[0] for values in choices]
+    return [first] + [first[:i] + [value] + first[i + 1:] for i, values in enumerate(choices) for value in values[1:]]
 
 
 TRAIN_COMMANDS = commands_of(PAGES, "train")
@@ -93,6 +97,11 @@ def test_evaluate_command_composes_and_passes_the_config_checks(args):
     from lirpa_reweight.training.build import as_dict
 
     check_config(as_dict(compose_config(args, config_name="evaluate")))
+
+
+def test_sweep_jobs_try_every_swept_value():
+    assert sweep_jobs(["a=1,2", "b=3,4,5", "c=[6,7]"]) == [
+        ["a=1", "b=3", "c=[6,7]"], ["a=2", "b=3", "c=[6,7]"], ["a=1", "b=4", "c=[6,7]"], ["a=1", "b=5", "c=[6,7]"]]
 
 
 def test_a_bad_override_in_a_command_fails():
