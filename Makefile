@@ -21,7 +21,7 @@ UPSTREAM_VENV ?= .venv-upstream
 UPSTREAM_TORCH ?= torch==2.8.0 torchvision==0.23.0
 UPSTREAM_GIVEN := $(or $(UPSTREAM_SRC),$(filter-out auto-lirpa==0.3,$(AUTO_LIRPA)))
 
-.PHONY: install install-upstream data test test-upstream demo clean device-kit
+.PHONY: install install-upstream data test test-upstream demo clean device-kit docs docs-serve
 
 ifneq ($(shell cat $(STAMP) 2>/dev/null),$(SPEC))
 .PHONY: $(STAMP)
@@ -60,5 +60,16 @@ test-upstream: install-upstream
 demo: data
 	$(PY) -m lirpa_reweight.train
 
+# The documentation site (mkdocs.yml, docs/) into site/ (ignored). --strict: a broken link, a page missing from the
+# nav or an API reference that does not resolve fails the build. The `docs` extra goes in once, when missing.
+DOCS_READY := $(PY) -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null
+docs: $(STAMP)
+	$(DOCS_READY) || $(PY) -m pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(DOCS_READY) || $(PY) -m pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
 clean:
-	rm -rf $(VENV) $(UPSTREAM_VENV) build dist *.egg-info outputs multirun .device-kit .device-kit-*
+	rm -rf $(VENV) $(UPSTREAM_VENV) build dist *.egg-info outputs multirun site .device-kit .device-kit-*

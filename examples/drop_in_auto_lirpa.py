@@ -92,6 +92,7 @@ def run_epoch(model, loader, eps_scheduler, args, opt=None, max_batches=None):
         eps_scheduler.eval()
     totals = {"loss": 0.0, "clean_err": 0.0, "verified_err": 0.0}
     seen = 0
+    # --8<-- [start:loop]  (docs/hooks.md shows the lines from here to [end:loop])
     reweight = lirpa_reweight.WeightedRobustLoss(gamma=5.0, alpha=0.1)  # lirpa_reweight
     for i, (data, labels, idx) in enumerate(loader):  # lirpa_reweight
         if i == max_batches:
@@ -117,6 +118,7 @@ def run_epoch(model, loader, eps_scheduler, args, opt=None, max_batches=None):
             weighted = reweight.compute(lb)  # lirpa_reweight: re-weighted robust CE (gamma=0: the plain one)
             loss = weighted.loss  # lirpa_reweight
             eps_scheduler.update(idx, weighted.margins)  # lirpa_reweight: Algorithm 1 (no-op in eval)
+        # --8<-- [end:loop]
         if train:
             opt.zero_grad()
             loss.backward()

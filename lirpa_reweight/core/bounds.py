@@ -48,9 +48,10 @@ class BoundedClassifier(nn.Module):
         model: the classifier; it receives *normalised* input.
         example_input: one batch in pixel units (un-normalised), used to trace the graph.
         device: where bounds are computed; None picks CUDA when available.
-        mean, std: per-channel normalisation of the data set. Normalisation is applied
+        mean: per-channel mean of the data set. Normalisation is applied
             to ``x``, ``x_L`` and ``x_U`` here rather than inside the bounded graph,
             because a normalisation layer in the graph breaks CROWN-IBP in auto_LiRPA 0.3.
+        std: per-channel standard deviation of the data set (with ``mean``).
         data_range: the valid pixel range; perturbed inputs are clamped to it.
         bound_opts: passed to ``BoundedModule`` unchanged.
         sync_checks: True raises on a bad eps or label at once (each check makes the host wait for the
