@@ -145,3 +145,21 @@ def _is_number(value) -> bool:
 def _integer(key: str, value, minimum: Optional[int]) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         raise ArgumentError(key, value, "an integer" + ("" if minimum is None else f" >= {minimum}"))
+
+
+#: The attack's config keys (``eval.*`` in train, top level in evaluate) and the :class:`AttackOptions` field
+#: each fills; :func:`options_from_config` reads them, the options check them.
+ATTACK_KEYS = {"pgd_steps": "steps", "pgd_restarts": "restarts", "pgd_step_size": "step_size", "pgd_loss": "loss",
+               "pgd_centre_start": "centre_start", "pgd_seed": "seed", "autoattack": "autoattack",
+               "autoattack_steps": "autoattack_steps"}
+
+
+def options_from_config(section: dict) -> tuple[AttackOptions, AbcrownOptions]:
+    """The attack's and alpha-beta-CROWN's options from a config section (missing keys keep their defaults)."""
+    attack = AttackOptions(**{field_: section[key] for key, field_ in ATTACK_KEYS.items() if key in section})
+    abcrown = dict(section.get("abcrown") or {})
+    unknown = sorted(set(abcrown) - {"timeout", "device", "config"})
+    if unknown:
+        raise ArgumentError(f"abcrown.{unknown[0]}", abcrown[unknown[0]], "no such option; allowed: timeout, "
+                                                                          "device, config")
+    return attack, AbcrownOptions(**{k: (dict(v or {}) if k == "config" else v) for k, v in abcrown.items()})
