@@ -21,9 +21,10 @@ from ..core.bounds import BoundedClassifier
 from ..errors import ArgumentError
 from .plan import AbcrownOptions
 
-INSTALL = ("install alpha-beta-CROWN and upstream auto_LiRPA 0.7.x (torch < 2.9) by their own instructions, "
-           "https://github.com/Verified-Intelligence/alpha-beta-CROWN#installation-and-setup, and put its "
-           "complete_verifier folder on PYTHONPATH; see docs/verification.md")
+INSTALL = ("install alpha-beta-CROWN (pip install . in its clone, or its clone's root on PYTHONPATH) and upstream "
+           "auto_LiRPA 0.7.x with torch < 2.9 by their own instructions, "
+           "https://github.com/Verified-Intelligence/alpha-beta-CROWN#installation-and-setup; see "
+           "docs/verification.md")
 #: alpha-beta-CROWN's statuses that prove the property, and those that claim a counterexample.
 SAFE = ("safe", "safe-incomplete", "verified", "safe-mip", "safe-bab")
 UNSAFE_PREFIX = "unsafe"
@@ -32,7 +33,8 @@ UNSAFE_PREFIX = "unsafe"
 def require_abcrown():
     """alpha-beta-CROWN's API module; where it cannot be imported, the one-line refusal naming how to install it."""
     try:
-        import abcrown
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints on import; evaluate's stdout is its JSON
+            import abcrown
         for name in ("ABCrownSolver", "VerificationSpec", "ConfigBuilder", "input_vars", "output_vars"):
             getattr(abcrown, name)
     except (ImportError, AttributeError) as error:
@@ -71,7 +73,8 @@ class PixelNetwork(nn.Module):
 
 
 def _channel_view(stats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return stats.reshape(1, -1, *([1] * (x.dim() - 2)))
+    # No batch dimension on the constant: auto_LiRPA warns about (and may mis-bound) batched constants.
+    return stats.reshape(-1, *([1] * (x.dim() - 2)))
 
 
 def solver_config(options: AbcrownOptions, device: str):
@@ -94,17 +97,9 @@ def verify_example(network: PixelNetwork, x: torch.Tensor, y: int, eps: float, d
     network.in_shape = tuple(x.shape)
     with torch.no_grad():
         num_classes = int(network(x[None].to(_device_of(network))).shape[1])
-    inputs, outputs = abcrown.input_vars(tuple(x.shape)), abcrown.output_vars(num_classes)
-    output_constraint = None
-    for j in range(num_classes):
-        if j != y:
-            clause = outputs[y] > outputs[j]
-            output_constraint = clause if output_constraint is None else output_constraint & clause
-    spec = abcrown.VerificationSpec.build_spec(input_vars=inputs, output_vars=outputs,
-                                               input_constraint=(inputs >= lower[0]) & (inputs <= upper[0]),
-                                               output_constraint=output_constraint)
+    spec = abcrown.VerificationSpec.build_spec(lower=lower, upper=upper, clauses=violations(y, num_classes))
     started = time.time()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         result = abcrown.ABCrownSolver(spec, network, config=config).solve(return_reference=False)
     seconds = time.time() - started
     status = str(result.status)
@@ -113,6 +108,18 @@ def verify_example(network: PixelNetwork, x: torch.Tensor, y: int, eps: float, d
     if status.startswith(UNSAFE_PREFIX):
         return Verdict("falsified", status, _counterexample(result, x), seconds)
     return Verdict("unknown", status, None, seconds)
+
+
+def violations(y: int, num_classes: int) -> list:
+    """The property's negation in alpha-beta-CROWN's (C, rhs) form, C @ z <= rhs: some ``z_j >= z_y`` (one OR
+    clause per ``j != y``, as a VNN-LIB robustness property writes it)."""
+    clauses = []
+    for j in range(num_classes):
+        if j != y:
+            row = torch.zeros(1, num_classes)
+            row[0, y], row[0, j] = 1.0, -1.0
+            clauses.append((row, torch.zeros(1)))
+    return clauses
 
 
 def _device_of(module: nn.Module) -> torch.device:
