@@ -73,8 +73,8 @@ class PixelNetwork(nn.Module):
 
 
 def _channel_view(stats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    # No batch dimension on the constant: auto_LiRPA warns about (and may mis-bound) batched constants.
-    return stats.reshape(-1, *([1] * (x.dim() - 2)))
+    # (1, C, 1, 1): auto_LiRPA 0.7's patches mode needs 4-D constants (it warns that they carry a batch dimension).
+    return stats.reshape(1, -1, *([1] * (x.dim() - 2)))
 
 
 def solver_config(options: AbcrownOptions, device: str):

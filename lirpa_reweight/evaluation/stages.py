@@ -59,7 +59,8 @@ def pgd_found(classifier: BoundedClassifier, x: torch.Tensor, y: torch.Tensor, e
 
 def autoattack_found(classifier: BoundedClassifier, x: torch.Tensor, y: torch.Tensor, eps: float,
                      options: AttackOptions) -> Found:
-    """AutoAttack's APGD-CE, then APGD-T on what it left (torchattacks), on pixel space rescaled to [0, 1]
+    """AutoAttack's APGD-CE, then APGD-T (for 4 classes or more) on what it left (torchattacks), on pixel space
+    rescaled to [0, 1]
     (what torchattacks assumes). The global random state is put back afterwards: torchattacks seeds it."""
     import torchattacks
 
@@ -69,11 +70,14 @@ def autoattack_found(classifier: BoundedClassifier, x: torch.Tensor, y: torch.Te
     unit = _UnitRange(classifier)
     u, radius = (x - low) / (high - low), eps / (high - low)
     fooled, x_adv = torch.zeros_like(y, dtype=torch.bool), x.clone()
+    num_classes = unit.num_classes(x[:1])
+    attacks = [torchattacks.APGD(unit, norm="Linf", eps=radius, steps=options.autoattack_steps, loss="ce",
+                                 seed=options.seed)]
+    if num_classes >= 4:  # APGD-T's targeted DLR loss needs the 4 largest logits
+        attacks.append(torchattacks.APGDT(unit, norm="Linf", eps=radius, steps=options.autoattack_steps,
+                                          n_classes=num_classes, seed=options.seed))
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        for attack in (torchattacks.APGD(unit, norm="Linf", eps=radius, steps=options.autoattack_steps,
-                                         loss="ce", seed=options.seed),
-                       torchattacks.APGDT(unit, norm="Linf", eps=radius, steps=options.autoattack_steps,
-                                          n_classes=unit.num_classes(x[:1]), seed=options.seed)):
+        for attack in attacks:
             open_ = (~fooled).nonzero().squeeze(1)
             if len(open_) == 0:
                 break
