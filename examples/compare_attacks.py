@@ -79,8 +79,10 @@ def abcrown_column(classifier, x, y, ids, eps, timeout):
         if verdict.outcome == "verified":
             verified.add(i)
         elif verdict.counterexample is not None:
-            ok, _ = stages.recheck(classifier, verdict.counterexample[None], x[k:k + 1], y[k:k + 1], eps)
-            if bool(ok[0]):
+            many = len(verdict.counterexample)
+            ok, _ = stages.recheck(classifier, verdict.counterexample, x[k:k + 1].expand(many, *x.shape[1:]),
+                                   y[k:k + 1].expand(many), eps)
+            if bool(ok.any()):
                 falsified.add(i)
         print(f"abcrown {k + 1}/{len(ids)} index {i}: {verdict.status} {verdict.seconds:.1f}s", file=sys.stderr)
     return falsified, time.time() - started, verified

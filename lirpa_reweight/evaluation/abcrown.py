@@ -44,8 +44,8 @@ def require_abcrown():
 
 
 class Verdict(NamedTuple):
-    """One example's answer: ``outcome`` (verified / falsified / unknown), alpha-beta-CROWN's own ``status``, a
-    counterexample candidate (pixel space) where it claimed one, and the seconds it took."""
+    """One example's answer: ``outcome`` (verified / falsified / unknown), alpha-beta-CROWN's own ``status``, its
+    counterexample candidates (K, C, H, W) in pixel space where it claimed one, and the seconds it took."""
 
     outcome: str
     status: str
@@ -127,8 +127,9 @@ def _device_of(module: nn.Module) -> torch.device:
 
 
 def _counterexample(result, x: torch.Tensor) -> Optional[torch.Tensor]:
-    """The attack point alpha-beta-CROWN reports with an unsafe status, shaped like ``x`` (None if it gave none)."""
+    """The attack points alpha-beta-CROWN reports with an unsafe status, (K, *x.shape): one per clause it attacked,
+    of which at least one should violate the property (None if it gave none); the caller re-checks them."""
     found = (result.stats or {}).get("attack_examples")
-    if found is None or not torch.is_tensor(found) or found.numel() < x.numel():
+    if found is None or not torch.is_tensor(found) or found.numel() < x.numel() or found.numel() % x.numel():
         return None
-    return found.reshape(-1, x.numel())[0].reshape(x.shape).to(x.device, x.dtype)
+    return found.reshape(-1, *x.shape).to(x.device, x.dtype)

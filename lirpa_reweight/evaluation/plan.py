@@ -7,6 +7,7 @@ alpha-CROWN follow the size rule :data:`CROWN_MAX_RELU_UNITS`.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -38,8 +39,8 @@ class AttackOptions:
     come from ``seed`` and its dataset index, so they do not depend on the batch, the rank or a resume).
     ``autoattack``: also run AutoAttack's APGD-CE and APGD-T (torchattacks) on what PGD left open."""
 
-    steps: int = 20
-    restarts: int = 1
+    steps: int = 50
+    restarts: int = 5
     step_size: Optional[float] = None
     loss: str = "margin"
     centre_start: bool = True
@@ -59,6 +60,9 @@ class AttackOptions:
         for key, value in (("pgd_centre_start", self.centre_start), ("autoattack", self.autoattack)):
             if not isinstance(value, bool):
                 raise ArgumentError(key, value, "true or false")
+        if self.autoattack and importlib.util.find_spec("torchattacks") is None:
+            raise ArgumentError("autoattack", True, "needs torchattacks, which is not installed: pip install "
+                                                    "'torchattacks==3.5.1' --no-deps (or this package's [attack] extra)")
 
 
 @dataclass(frozen=True)

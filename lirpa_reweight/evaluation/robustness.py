@@ -30,7 +30,7 @@ UNKNOWN_REASONS = ("timeout", "unconfirmed", "open")
 
 
 def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: float,
-                        methods: Sequence[str] = ("IBP", "CROWN-IBP"), pgd_steps: int = 20,
+                        methods: Sequence[str] = ("IBP", "CROWN-IBP"), pgd_steps: int = 50,
                         crown_batch_size: int = 16, crown_max_relu_units: int = CROWN_MAX_RELU_UNITS,
                         alpha_crown_iterations: int = ALPHA_CROWN_ITERATIONS, progress: bool = True,
                         crown_limit_key: str = "crown_max_relu_units", group=None,
@@ -146,10 +146,12 @@ def _run_abcrown(classifier, x, y, eps, plan, positions, records, settle) -> Non
         if verdict.outcome == "verified":
             settle([k], "verified", ABCROWN)
         elif verdict.outcome == "falsified" and verdict.counterexample is not None:
-            confirmed, margin = stages.recheck(classifier, verdict.counterexample[None].to(x.device), x[k:k + 1],
-                                               y[k:k + 1], eps)
-            if bool(confirmed[0]):
-                settle([k], "falsified", ABCROWN, margin={k: float(margin[0])})
+            candidates = verdict.counterexample.to(x.device)
+            many = len(candidates)
+            confirmed, margin = stages.recheck(classifier, candidates, x[k:k + 1].expand(many, *x.shape[1:]),
+                                               y[k:k + 1].expand(many), eps)
+            if bool(confirmed.any()):
+                settle([k], "falsified", ABCROWN, margin={k: float(margin[confirmed].min())})
             else:
                 records[k]["unknown_reason"] = "unconfirmed"
         else:
