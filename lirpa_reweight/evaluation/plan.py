@@ -39,8 +39,8 @@ class AttackOptions:
     come from ``seed`` and its dataset index, so they do not depend on the batch, the rank or a resume).
     ``autoattack``: also run AutoAttack's APGD-CE and APGD-T (torchattacks) on what PGD left open."""
 
-    steps: int = 50
-    restarts: int = 5
+    steps: int = 100
+    restarts: int = 10
     step_size: Optional[float] = None
     loss: str = "margin"
     centre_start: bool = True

@@ -30,7 +30,7 @@ UNKNOWN_REASONS = ("timeout", "unconfirmed", "open")
 
 
 def evaluate_classifier(classifier: BoundedClassifier, batches: Iterable, eps: float,
-                        methods: Sequence[str] = ("IBP", "CROWN-IBP"), pgd_steps: int = 50,
+                        methods: Sequence[str] = ("IBP", "CROWN-IBP"), pgd_steps: int = 100,
                         crown_batch_size: int = 16, crown_max_relu_units: int = CROWN_MAX_RELU_UNITS,
                         alpha_crown_iterations: int = ALPHA_CROWN_ITERATIONS, progress: bool = True,
                         crown_limit_key: str = "crown_max_relu_units", group=None,
