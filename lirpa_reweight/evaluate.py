@@ -59,8 +59,7 @@ def _examples_log(config: dict, classifier, eps: float, attack, abcrown) -> Opti
         return None
     plan = make_plan(config["methods"], attack, abcrown, config["crown_max_relu_units"],
                      config["alpha_crown_iterations"])
-    header = {"model": model_fingerprint(classifier.model), "eps": eps, "plan": plan.fingerprint(),
-              "num_examples": config["num_test"]}
+    header = {"model": model_fingerprint(classifier.model), "eps": eps, "plan": plan.fingerprint()}
     return ExamplesLog(config["examples_log"], header)
 
 

@@ -174,8 +174,7 @@ def _final_examples_log(spec: RunSpec, run: Run, files: _Files, group) -> Option
     name = rundir.FINAL_EXAMPLES if group is None else rundir.FINAL_EXAMPLES.replace(
         ".jsonl", f".rank{distributed.rank(group)}.jsonl")
     plan = make_plan(ev.methods, ev.attack, ev.abcrown, ev.crown_max_relu_units, ev.alpha_crown_iterations)
-    header = {"model": model_fingerprint(run.state.classifier.model), "eps": ev.eps, "plan": plan.fingerprint(),
-              "num_examples": ev.num_examples}
+    header = {"model": model_fingerprint(run.state.classifier.model), "eps": ev.eps, "plan": plan.fingerprint()}
     return ExamplesLog(files.path(name), header, key="eval.examples_log", restart_on_mismatch=True)
 
 
