@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from ..errors import ConfigError
+from ..evaluation.plan import ATTACK_KEYS
 from .keys import OBJECTIVES, matches
 
 #: The evaluation's own options (evaluation/plan.py: the verifiers, the attack, alpha-beta-CROWN), checked there.
-EVALUATION_OPTION_KEYS = ("methods", "alpha_crown_iterations", "pgd_steps", "pgd_restarts", "pgd_step_size",
-                          "pgd_loss", "pgd_centre_start", "pgd_seed", "autoattack", "autoattack_steps", "abcrown.")
+EVALUATION_OPTION_KEYS = ("methods", "alpha_crown_iterations", *ATTACK_KEYS, "abcrown.")
 
 log = logging.getLogger(__name__)
 
