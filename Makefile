@@ -35,6 +35,8 @@ $(STAMP): setup.cfg setup.py Makefile
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q --no-deps --force-reinstall $(AUTO_LIRPA)
 	$(PY) -m pip install -q -e '.[test,upstream]'
+	# AutoAttack for the evaluation cascade (eval.autoattack); --no-deps: it pins nothing we do not have
+	$(PY) -m pip install -q --no-deps 'torchattacks==3.5.1'
 	$(PY) -c "import lirpa_reweight._compat.patches as p, auto_LiRPA; print('lirpa_reweight ready on auto_LiRPA', auto_LiRPA.__version__, '; patches applied:', p.apply())"
 	echo '$(SPEC)' > $@
 

@@ -12,7 +12,9 @@ import hydra
 from omegaconf import DictConfig
 
 from .errors import ExpectedFailure, report_expected_failure
-from .evaluation.robustness import check_options, evaluate_classifier
+from .evaluation.examples_log import ExamplesLog, model_fingerprint
+from .evaluation.plan import check_options, make_plan, options_from_config
+from .evaluation.robustness import evaluate_classifier
 from .evaluation.summary import format_summary
 from .training import config_table
 from .training.build import LoaderSpec, config_key, load_saved_run, test_loader
@@ -25,6 +27,7 @@ def check_config(config: dict) -> None:
     config_table.check_evaluate_config(config)
     with config_key(""):
         check_options(config["methods"], config["alpha_crown_iterations"])
+        options_from_config(config)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -37,12 +40,27 @@ def evaluate(cfg: DictConfig) -> dict:
         type(saved.data)(**{**saved.data.__dict__, "root": config["data_root"]})
     loader = test_loader(data, LoaderSpec(config["batch_size"], config["batch_size"], None, None),
                          saved.classifier.device, num_examples=config["num_test"])
+    with config_key(""):
+        attack, abcrown = options_from_config(config)
+        examples_log = _examples_log(config, saved.classifier, eps, attack, abcrown)
     result = evaluate_classifier(saved.classifier, loader, eps, methods=list(config["methods"]),
-                                 pgd_steps=config["pgd_steps"], crown_max_relu_units=config["crown_max_relu_units"],
+                                 crown_max_relu_units=config["crown_max_relu_units"],
                                  alpha_crown_iterations=config["alpha_crown_iterations"],
-                                 crown_limit_key="crown_max_relu_units")
+                                 crown_limit_key="crown_max_relu_units", attack=attack, abcrown=abcrown,
+                                 examples_log=examples_log)
     result["checkpoint"] = str(Path(config["checkpoint"]).resolve())
     return result
+
+
+def _examples_log(config: dict, classifier, eps: float, attack, abcrown) -> Optional[ExamplesLog]:
+    """The per-example log the user named (``examples_log``), resumed if it was written for this checkpoint, eps
+    and cascade (another one is refused, naming the key)."""
+    if config["examples_log"] is None:
+        return None
+    plan = make_plan(config["methods"], attack, abcrown, config["crown_max_relu_units"],
+                     config["alpha_crown_iterations"])
+    header = {"model": model_fingerprint(classifier.model), "eps": eps, "plan": plan.fingerprint()}
+    return ExamplesLog(config["examples_log"], header)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lirpa_reweight.conf", config_name="evaluate")

@@ -86,6 +86,61 @@ def pgd(classifier, x: torch.Tensor, y: torch.Tensor, eps: Eps, steps: int = 20,
     return Attack(best_x.detach(), fooled)
 
 
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The summed margin ``max_{j != y} z_j - z_y``: positive exactly where an example is misclassified."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], -float("inf")).amax(1)
+    return (others - true).sum()
+
+
+def seeded_noise(shape, generators, like: torch.Tensor) -> torch.Tensor:
+    """Uniform noise in [-1, 1], one row per example from its own generator (so a row does not depend on the
+    batch it is drawn in)."""
+    rows = [torch.rand(tuple(shape), generator=g, dtype=torch.float64) for g in generators]
+    return (torch.stack(rows).to(device=like.device, dtype=like.dtype) * 2.0 - 1.0)
+
+
+def evaluation_pgd(classifier, x: torch.Tensor, y: torch.Tensor, eps: float, generators, steps: int = 20,
+                   restarts: int = 1, step_size: Optional[float] = None, loss: str = "margin",
+                   centre_start: bool = True) -> Attack:
+    """The evaluation's PGD: like :func:`pgd` but on the margin loss (``loss="margin"``) or the cross-entropy,
+    the first restart at the centre of the clamped box (``centre_start``), the others at random points drawn
+    from each example's own ``generators``, and each example left alone once some step has misclassified it.
+    ``x_adv`` is the first misclassified point found (``x`` where none was)."""
+    low, high = classifier.data_range
+    loss_fn = margin_loss if loss == "margin" else (lambda logits, labels: F.cross_entropy(logits, labels, reduction="sum"))
+    x_low, x_high = (x - eps).clamp(low, high), (x + eps).clamp(low, high)
+    step = eps * (2.5 / steps if step_size is None else float(step_size))
+    found, fooled = x.detach().clone(), torch.zeros_like(y, dtype=torch.bool)
+    for restart in range(restarts):
+        open_ = (~fooled).nonzero().squeeze(1)
+        if len(open_) == 0:
+            break
+        lo, hi, labels = x_low[open_], x_high[open_], y[open_]
+        if restart == 0 and centre_start:
+            x_adv = (lo + hi) / 2
+        else:
+            noise = seeded_noise(x.shape[1:], [generators[int(i)] for i in open_], x)
+            x_adv = torch.max(torch.min(x[open_] + noise * eps, hi), lo)
+        hit = torch.zeros(len(open_), dtype=torch.bool, device=x.device)
+        for done in range(steps + 1):
+            # Each step's forward pass also says which points are misclassified already: the first is kept.
+            x_adv = x_adv.detach().requires_grad_(done < steps)
+            with torch.set_grad_enabled(done < steps):
+                logits = classifier(x_adv)
+                wrong = (logits.argmax(1) != labels) & ~hit
+                found[open_[wrong]] = x_adv[wrong].detach()
+                hit |= wrong
+                if done == steps or bool(hit.all()):
+                    break
+                # Examples already hit still take the step; their point is recorded, and stepping them keeps the
+                # batch whole.
+                (grad,) = torch.autograd.grad(loss_fn(logits, labels), x_adv)
+            x_adv = torch.max(torch.min(x_adv.detach() + step * grad.sign(), hi), lo)
+        fooled[open_] = hit
+    return Attack(found, fooled)
+
+
 def pgd_attack(classifier, x: torch.Tensor, y: torch.Tensor, eps: Eps, steps: int = 20, restarts: int = 1,
                step_size: Optional[float] = None) -> torch.Tensor:
     """Evaluation's view of :func:`pgd`: a boolean ``(B,)``, True where the clean point or some restart is

@@ -46,6 +46,11 @@ class Row:
     pgd_error: Optional[Stat]
     verified_error_by_method: dict[str, Optional[Stat]]
     incomplete_runs: int = 0
+    # The cascade's (#21): errors with AutoAttack and alpha-beta-CROWN's counterexamples, and the unknown fraction;
+    # None where a run's final.json predates them.
+    attack_error: Optional[Stat] = None
+    robust_error_lower_bound: Optional[Stat] = None
+    unknown: Optional[Stat] = None
     best: bool = False
     verified_by_seed: dict = field(default_factory=dict)  # seed -> verified error, for paired comparisons
 
@@ -128,13 +133,19 @@ def _row(runs: list[_Run]) -> Optional[Row]:
                              if isinstance(f.get("verified_error_by_method", {}).get(m), (int, float))])
                  for m in methods}
     pgd = [f["pgd_error"] for f in finals if isinstance(f.get("pgd_error"), (int, float))]
+    cascade = {key: [f[key] for f in finals if isinstance(f.get(key), (int, float))]
+               for key in ("attack_error", "robust_error_lower_bound")}
+    unknown = [f["unknown"] / f["num_examples"] for f in finals
+               if isinstance(f.get("unknown"), int) and isinstance(f.get("num_examples"), int) and f["num_examples"]]
     return Row(setting=dict(done[0].setting), seeds=[run.seed for run in done], run_dirs=[run.run_dir for run in done],
                eps=sorted({float(f["eps"]) for f in finals if isinstance(f.get("eps"), (int, float))}),
                clean_error=Stat.of([f["clean_error"] for f in finals]),
                verified_error=Stat.of([f["verified_error"] for f in finals]),
                pgd_error=Stat.of(pgd) if len(pgd) == len(finals) else None,
                verified_error_by_method=by_method, incomplete_runs=len(runs) - len(done),
-               verified_by_seed={run.seed: run.final["verified_error"] for run in done if run.seed is not None})
+               verified_by_seed={run.seed: run.final["verified_error"] for run in done if run.seed is not None},
+               **{key: Stat.of(values) if len(values) == len(finals) else None for key, values in cascade.items()},
+               unknown=Stat.of(unknown) if len(unknown) == len(finals) else None)
 
 
 def paired_differences(rows: list[Row], baseline: dict[str, str]) -> list[Union[Stat, str, None]]:
@@ -244,11 +255,12 @@ def format_markdown(root: Path, rows: list[Row], incomplete: list[IncompleteRun]
     eps_values = {_eps_text(row) for row in rows}
     eps_column = len(eps_values) > 1
     pgd_column = any(row.pgd_error is not None for row in rows)
+    extra = _cascade_columns(rows)
     lines = [f"# Summary of {root}", ""]
     if rows:
         eps_note = "" if eps_column else f" at eps {eps_values.pop()} (eps_eval of final.json)"
         lines.append(f"Test errors in %{eps_note}: mean ± sample std (ddof=1) over seeds. "
-                     "Verified: certified by any evaluated bound method. Best row (lowest mean verified error"
+                     "Verified: certified by a stage of the evaluation's cascade (docs/verification.md). Best row (lowest mean verified error"
                      f"{', per eps' if eps_column else ''}) marked **best**." + (
                          " PGD: wrong on the clean input or after the PGD attack (a lower bound on the robust "
                          "error, as verified is an upper bound)." if pgd_column else ""))
@@ -256,6 +268,7 @@ def format_markdown(root: Path, rows: list[Row], incomplete: list[IncompleteRun]
             lines += ["", "Common to every row: " + setting_label(common)]
         header = (columns or ["setting"]) + (["eps"] if eps_column else []) + ["clean error (%)"]
         header += ["PGD error (%)"] if pgd_column else []
+        header += [name for name, _ in extra]
         header += ["verified error (%)"]
         header += [f"{m} verified error (%)" for m in methods]
         header += ["verified vs baseline, same seed (points)"] if paired is not None else []
@@ -267,6 +280,7 @@ def format_markdown(root: Path, rows: list[Row], incomplete: list[IncompleteRun]
             verified = _percent(row.verified_error)
             cells += [_percent(row.clean_error)]
             cells += [_percent(row.pgd_error) if row.pgd_error is not None else "n/a"] if pgd_column else []
+            cells += [_percent(getattr(row, key)) if getattr(row, key) is not None else "n/a" for _, key in extra]
             cells += [f"**{verified}**" if row.best else verified]
             cells += [_percent(row.verified_error_by_method.get(m), row.clean_error.n) for m in methods]
             if paired is not None:
@@ -289,6 +303,21 @@ def format_markdown(root: Path, rows: list[Row], incomplete: list[IncompleteRun]
         lines += ["", f"Note: {setting_label(row.setting)} has a seed more than once (seeds {row.seeds}): "
                       "probably the same sweep run twice under this directory; each run counts separately."]
     return "\n".join(lines) + "\n"
+
+
+def _cascade_columns(rows: list[Row]) -> list[tuple[str, str]]:
+    """(header, Row attribute) of the cascade's columns worth showing: an attack error beyond PGD's, the
+    falsified fraction with alpha-beta-CROWN's counterexamples, the unknowns; none for runs before #21."""
+    def differs(key, reference):
+        return any(getattr(r, key) is not None and (getattr(r, reference) is None
+                                                    or getattr(r, key).mean != getattr(r, reference).mean)
+                   for r in rows)
+
+    columns = [("attack error, +AutoAttack (%)", "attack_error")] if differs("attack_error", "pgd_error") else []
+    columns += [("falsified, +alpha-beta-CROWN (%)", "robust_error_lower_bound")] \
+        if differs("robust_error_lower_bound", "attack_error") else []
+    columns += [("unknown (%)", "unknown")] if any(r.unknown is not None and r.unknown.mean > 0 for r in rows) else []
+    return columns
 
 
 def write_csv(path: Path, rows: list[Row]) -> None:

@@ -26,7 +26,8 @@ from ..core.device import resolve_device
 from ..core.reweight import WeightedRobustLoss
 from ..data.datasets import build_dataset, dataset_info
 from ..errors import ArgumentError, ConfigError
-from ..evaluation.robustness import check_options as check_evaluation_options
+from ..evaluation.plan import AbcrownOptions, AttackOptions, options_from_config
+from ..evaluation.plan import check_options as check_evaluation_options
 from ..fast.ibp_init import apply_init, initializer
 from ..fast.regularizers import WarmupRegularizer
 from ..models import build_model, model_builder, relu_units
@@ -107,6 +108,10 @@ class EvaluationSpec:
     pgd_steps: int
     crown_max_relu_units: int
     alpha_crown_iterations: int
+    attack: AttackOptions
+    abcrown: AbcrownOptions
+    num_examples: Optional[int]  # the first N test examples (None: data.num_test, or all)
+    examples_log: bool  # write (and resume from) run_dir/final_examples.jsonl
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,7 @@ def read_config(cfg) -> RunSpec:
         regularizer = _regularizer(dict(reg))
     with config_key("eval"):
         check_evaluation_options(config["eval"]["methods"], config["eval"]["alpha_crown_iterations"])
+        attack, abcrown = options_from_config(config["eval"])
     with config_key("trainer", names={"factor": "divergence_factor"}):
         DivergenceMonitor.check_factor(config["trainer"]["divergence_factor"])
     schedule, trainer, evaluation = config["schedule"], config["trainer"], config["eval"]
@@ -194,7 +200,8 @@ def read_config(cfg) -> RunSpec:
                             trainer["grad_clip"], trainer["divergence_factor"], schedule["kappa_start"],
                             schedule["kappa_end"], schedule["eps_train"]),
         evaluation=EvaluationSpec(schedule["eps_eval"], tuple(evaluation["methods"]), evaluation["pgd_steps"],
-                                  evaluation["crown_max_relu_units"], evaluation["alpha_crown_iterations"]),
+                                  evaluation["crown_max_relu_units"], evaluation["alpha_crown_iterations"],
+                                  attack, abcrown, evaluation["num_examples"], evaluation["examples_log"]),
         model_name=config["model"]["name"], init=config["model"]["init"],
         gamma=reweight["gamma"] if reweight["enabled"] else 0.0, alpha=reweight["alpha"],
         maxoff=autoeps["maxoff"] if autoeps["enabled"] else 0.0,
@@ -271,7 +278,8 @@ def build_run(spec: RunSpec, device: torch.device, group=None) -> Run:
     state = RunState(classifier, optimizer, lr_scheduler, criterion, autoeps, monitor, info, spec.config)
     return Run(state, spec.method, spec.regularizer, epoch_loader,
                val_loader=test_loader(spec.data, spec.loader, device, spec.trainer.val_examples, group=group),
-               test_loader=lambda: test_loader(spec.data, spec.loader, device, group=group),
+               test_loader=lambda: test_loader(spec.data, spec.loader, device, spec.evaluation.num_examples,
+                                               group=group),
                batches_per_epoch=batches_per_epoch)
 
 

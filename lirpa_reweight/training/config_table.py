@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from ..errors import ConfigError
+from ..evaluation.plan import ATTACK_KEYS
 from .keys import OBJECTIVES, matches
+
+#: The evaluation's own options (evaluation/plan.py: the verifiers, the attack, alpha-beta-CROWN), checked there.
+EVALUATION_OPTION_KEYS = ("methods", "alpha_crown_iterations", *ATTACK_KEYS, "abcrown.")
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +31,8 @@ MISSING = "???"
 #: names the key in their error (training/build.py).
 OWNED = {
     "train": ("model.", "bound.", "regularizer.", "reweight.gamma", "reweight.alpha", "autoeps.maxoff",
-              "eval.methods", "eval.alpha_crown_iterations", "trainer.divergence_factor"),
-    "evaluate": ("methods", "alpha_crown_iterations"),
+              *(f"eval.{key}" for key in EVALUATION_OPTION_KEYS), "trainer.divergence_factor"),
+    "evaluate": EVALUATION_OPTION_KEYS,
 }
 
 
@@ -191,8 +195,9 @@ def train_checks() -> dict[str, Check]:
         "trainer.grad_clip": optional(number(above=0.0), "no gradient clipping"),
         # final evaluation
         "eval.crown_max_relu_units": integer(0),
-        "eval.pgd_steps": integer(0),
         "eval.batch_size": integer(1),
+        "eval.num_examples": optional(integer(1), "the whole test split (or data.num_test)"),
+        "eval.examples_log": boolean(),
     }
 
 
@@ -204,7 +209,7 @@ def evaluate_checks() -> dict[str, Check]:
         "crown_max_relu_units": integer(0),
         "num_test": optional(integer(1), "the whole test split"),
         "batch_size": integer(1),
-        "pgd_steps": integer(0),
+        "examples_log": optional(text(), "no per-example log"),
         "device": device(),
         "data_root": optional(text(), "the run's data.root"),
         "output": optional(text(), "print only"),

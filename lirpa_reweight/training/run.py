@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from ..evaluation.examples_log import ExamplesLog, model_fingerprint
+from ..evaluation.plan import make_plan
 from ..evaluation.robustness import evaluate_classifier
 from ..evaluation.summary import format_summary
 from . import checkpoint, distributed, rundir
@@ -163,15 +165,29 @@ def _checkpoint(spec: RunSpec, state, progress: Progress, epoch: int, val_verifi
     return progress
 
 
+def _final_examples_log(spec: RunSpec, run: Run, files: _Files, group) -> Optional[ExamplesLog]:
+    """run_dir/final_examples.jsonl (one file per rank under DDP), resumed when it was written for these weights
+    and this cascade, else started afresh."""
+    ev = spec.evaluation
+    if not ev.examples_log:
+        return None
+    name = rundir.FINAL_EXAMPLES if group is None else rundir.FINAL_EXAMPLES.replace(
+        ".jsonl", f".rank{distributed.rank(group)}.jsonl")
+    plan = make_plan(ev.methods, ev.attack, ev.abcrown, ev.crown_max_relu_units, ev.alpha_crown_iterations)
+    header = {"model": model_fingerprint(run.state.classifier.model), "eps": ev.eps, "plan": plan.fingerprint()}
+    return ExamplesLog(files.path(name), header, key="eval.examples_log", restart_on_mismatch=True)
+
+
 def _final_evaluation(spec: RunSpec, run: Run, progress: Progress, files: _Files, group) -> dict:
     """Evaluate on the test set at eps_eval with the configured verifiers; write final.json; return it."""
     ev = spec.evaluation
     log.info("final evaluation at eps %g on the test set", ev.eps)
     show_progress = spec.trainer.progress and files.main and sys.stderr.isatty()
     final = evaluate_classifier(run.state.classifier, run.test_loader(), ev.eps, methods=list(ev.methods),
-                                pgd_steps=ev.pgd_steps, crown_max_relu_units=ev.crown_max_relu_units,
+                                crown_max_relu_units=ev.crown_max_relu_units,
                                 alpha_crown_iterations=ev.alpha_crown_iterations, progress=show_progress,
-                                crown_limit_key="eval.crown_max_relu_units", group=group)
+                                crown_limit_key="eval.crown_max_relu_units", group=group, attack=ev.attack,
+                                abcrown=ev.abcrown, examples_log=_final_examples_log(spec, run, files, group))
     final.update(epochs=spec.trainer.epochs, best_epoch=progress.best["epoch"], world_size=distributed.world_size(group))
     if files.main:
         rundir.write_text_atomically(files.path(rundir.FINAL), json.dumps(final, indent=2))

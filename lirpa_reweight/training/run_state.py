@@ -120,6 +120,8 @@ def claim_run_directory(run_dir: Path, config: dict, hydra_files: dict, resumed_
         rundir.write_text_atomically(metrics_path, "")
         for stale in (rundir.LAST, rundir.LAST + ".prev", rundir.BEST, rundir.FINAL):  # a previous run's files
             (run_dir / stale).unlink(missing_ok=True)                                   # must not pass for this one's
+        for stale in run_dir.glob(rundir.FINAL_EXAMPLES.replace(".jsonl", "*.jsonl")):
+            stale.unlink()
         return
     saved, path = resumed_from
     if path != last_path:  # last.pt was damaged: keep it aside, the good copy becomes last.pt

@@ -27,6 +27,7 @@ os.umask(_UMASK)
 CONFIG = "config.yaml"  # the run's resolved config, written once the run may go ahead
 METRICS = "metrics.jsonl"  # one JSON record per epoch
 FINAL = "final.json"  # the final evaluation
+FINAL_EXAMPLES = "final_examples.jsonl"  # its per-example results (an interrupted final evaluation resumes from it)
 LAST = "last.pt"  # the newest checkpoint (LAST.prev: the one before)
 BEST = "best.pt"  # the checkpoint of the best validation epoch
 OVERRIDES = ".hydra/overrides.yaml"  # the command line's overrides

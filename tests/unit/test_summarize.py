@@ -270,3 +270,20 @@ def test_paired_differences_pair_within_each_method_and_eps(tmp_path):
     best = [line for line in lines if line.endswith("| **best** |")]
     assert len(best) == 2  # one per eps: 19.50 at 0.3, 4.00 at 0.1
     assert best[0] == row("mnist_quick", "on", "0.3") and best[1] == row("mnist_sabr", "off", "0.1")
+
+
+def test_the_cascades_attack_error_falsified_and_unknown_columns(tmp_path):
+    from lirpa_reweight.reports.table import format_markdown
+
+    root = tmp_path / "outputs"
+    for seed, (attack, lower, unknown) in enumerate([(0.22, 0.23, 20), (0.24, 0.25, 40)]):
+        final = dict(final_json(0.1, 0.26, pgd=0.21), attack_error=attack, robust_error_lower_bound=lower,
+                     unknown=unknown)
+        make_run(root, f"a/seed={seed}", final=final, config_seed=seed)
+    make_run(root, "b/seed=0", final=final_json(0.1, 0.3), config_seed=0)  # before the cascade: n/a
+    rows, _ = summarize(root)
+    assert rows[0].attack_error.mean == pytest.approx(0.23) and rows[0].unknown.mean == pytest.approx(0.003)
+    assert rows[1].attack_error is None
+    text = format_markdown(root, rows, [])
+    assert "attack error, +AutoAttack (%)" in text and "falsified, +alpha-beta-CROWN (%)" in text
+    assert "| 23.00 ± 1.41 | 24.00 ± 1.41 | 0.30 ± 0.14 |" in text and "| n/a | n/a | n/a |" in text
