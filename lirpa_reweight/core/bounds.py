@@ -205,13 +205,7 @@ class BoundedClassifier(nn.Module):
         y = self._checked_labels(y, self.num_classes)
         self.fused(bounded_x, y)  # the forward first, as in certify (train-mode BatchNorm statistics)
         logits = fused_logits_node(self.fused).forward_value
-        if method == "IBP" or beta == 0:
-            losses = fused_ibp_losses(self.fused)
-        elif beta is None or beta == 1:
-            losses = fused_crown_ibp_losses(self.fused)
-        else:
-            losses = fused_mixed_losses(self.fused, float(beta))
-        return FusedBatch(logits, losses)
+        return FusedBatch(logits, fused_losses(self.fused, method, beta))
 
     def margin_lower_bounds(self, x: torch.Tensor, y: torch.Tensor, eps: Eps, method: str = "IBP",
                             beta: Optional[float] = None) -> torch.Tensor:
@@ -324,6 +318,20 @@ def _upper_bound(fused: BoundedModule, **options) -> tuple[torch.Tensor, torch.T
     _, ub = fused.compute_bounds(bound_lower=False, bound_upper=True, **options)
     shift = _exp_node(fused).max_input
     return ub.view(-1), shift.reshape(-1)
+
+
+def fused_losses(fused: BoundedModule, method: str = "IBP", beta: Optional[float] = None) -> torch.Tensor:
+    """Per-example upper bounds ``u_i`` ``(B,)`` of the robust CE from a loss-fusion ``BoundedModule``.
+
+    ``fused`` is ``BoundedModule(CrossEntropyWrapper(model), ..., bound_opts={"loss_fusion": True})`` right after
+    its forward on ``(BoundedTensor(x, ptb), labels)`` (upstream's CIFAR example builds exactly that).
+    ``method`` ``"IBP"`` or ``"CROWN-IBP"``; ``beta`` mixes CROWN-IBP's upper bound with IBP's (None: pure).
+    """
+    if method == "IBP" or beta == 0:
+        return fused_ibp_losses(fused)
+    if beta is None or beta == 1:
+        return fused_crown_ibp_losses(fused)
+    return fused_mixed_losses(fused, float(beta))
 
 
 def fused_ibp_losses(fused: BoundedModule) -> torch.Tensor:
