@@ -326,7 +326,12 @@ def fused_losses(fused: BoundedModule, method: str = "IBP", beta: Optional[float
     ``fused`` is ``BoundedModule(CrossEntropyWrapper(model), ..., bound_opts={"loss_fusion": True})`` right after
     its forward on ``(BoundedTensor(x, ptb), labels)`` (upstream's CIFAR example builds exactly that).
     ``method`` ``"IBP"`` or ``"CROWN-IBP"``; ``beta`` mixes CROWN-IBP's upper bound with IBP's (None: pure).
+    A ``BoundDataParallel`` (upstream's wrapper) is bounded through the module it holds, on one device.
     """
+    if isinstance(fused, nn.DataParallel):
+        fused = fused.module
+    if method not in ("IBP", "CROWN-IBP"):
+        raise ValueError(f"loss fusion bounds with method 'IBP' or 'CROWN-IBP', got {method!r}")
     if method == "IBP" or beta == 0:
         return fused_ibp_losses(fused)
     if beta is None or beta == 1:
