@@ -228,3 +228,13 @@ def test_config_refuses_fusion_where_it_cannot_apply(compose, bound, value, mess
     cfg = compose([f"bound={bound}", f"++bound.loss_fusion={value}", "run_dir=unused"])
     with pytest.raises(ConfigError, match=message):
         build.read_config(cfg)
+
+
+def test_the_wrapper_graph_gathers_the_true_logit_with_an_op_auto_lirpa_bounds():
+    # torch 2.9+ registers opset 11's gather only inside its own export: the compat patch supplies GatherElements.
+    from lirpa_reweight._compat.patches import _gather_symbolic_at_opset_12
+
+    assert not _gather_symbolic_at_opset_12().__module__.endswith("symbolic_opset9")
+    x, _ = batch()
+    fused = BoundedClassifier(small_model(), x, device="cpu", loss_fusion=True).fused
+    assert "BoundGatherElements" in {type(node).__name__ for node in fused.modules()}
