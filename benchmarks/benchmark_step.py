@@ -27,6 +27,10 @@ Variants:
                             auto_LiRPA ``FixedScheduler`` and ``WeightedRobustLoss(gamma=5, alpha=0.1)``;
   IBP + warm-up regularisers  the IBP step plus Shi et al.'s (2021) warm-up terms (``WarmupRegularizer``,
                             tol 0.5, lambda 0.5) read from the intermediate bounds, mid-ramp (eps = eps_max / 2);
+  CROWN-IBP fused (+ hooks)  the CROWN-IBP step through auto_LiRPA's loss fusion (``certify_fused``: the
+                            CrossEntropyWrapper graph, upper bounds of the CE mixed by beta 0.5), loss
+                            ``kappa * CE(clean) + (1 - kappa) * mean u_i``; with the hooks, both read the fused
+                            margin ``2 exp(-u_i) - 1`` (``WeightedRobustLoss.compute_from_losses``);
   ... bare auto_LiRPA       the same step written as auto_LiRPA's examples/vision/simple_training.py
                             writes it: BoundedModule on the model, normalisation outside, C matrix,
                             ``compute_bounds(IBP=True, method=None)`` (+ the backward call for CROWN-IBP).
@@ -65,7 +69,7 @@ from lirpa_reweight.data.datasets import DATASETS
 from hostsync import count_host_syncs, in_auto_lirpa, optimizer_step_counters
 from lirpa_reweight.models import build_model
 from lirpa_reweight.fast.regularizers import WarmupRegularizer
-from lirpa_reweight.core.margins import robust_cross_entropy
+from lirpa_reweight.core.margins import fused_margin, robust_cross_entropy
 
 from auto_LiRPA import BoundedModule, BoundedTensor  # noqa: E402
 from auto_LiRPA.eps_scheduler import FixedScheduler  # noqa: E402
@@ -84,7 +88,8 @@ RECIPE_PRESETS = {"mnist": ("mnist_quick", ["reweight=on", "autoeps=on"]), "cifa
 DEFAULT_BATCH = {("mnist", "cpu"): None, ("mnist", "cuda"): None, ("cifar", "cpu"): 32, ("cifar", "cuda"): 256}
 
 VARIANTS = ("plain", "IBP bare auto_LiRPA", "IBP", "IBP + hooks", "IBP + warm-up regularisers",
-            "CROWN-IBP bare auto_LiRPA", "CROWN-IBP", "CROWN-IBP + hooks")
+            "CROWN-IBP bare auto_LiRPA", "CROWN-IBP", "CROWN-IBP + hooks", "CROWN-IBP fused",
+            "CROWN-IBP fused + hooks")
 
 
 @dataclass
@@ -144,8 +149,9 @@ def build_setup(recipe: Recipe, batch_size: int, device: torch.device, seed: int
     # Ours and the bare loop wrap the same model: a BoundedModule holds the model's own Parameters,
     # so one optimizer over model.parameters() trains all variants.
     # Checks deferred as the trainer defers them, so that the step makes no host synchronisation.
+    # loss_fusion adds the CrossEntropyWrapper graph beside the plain one (the same Parameters); certify is unchanged.
     classifier = BoundedClassifier(model, torch.rand((2,) + in_shape), device=device, mean=info.mean, std=info.std,
-                                   sync_checks=False)
+                                   sync_checks=False, loss_fusion=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the ONNX tracer warns about every data-dependent branch
         bare = BoundedModule(model, torch.randn((2,) + in_shape, device=device), device=device)
@@ -216,6 +222,19 @@ def build_setup(recipe: Recipe, batch_size: int, device: torch.device, seed: int
             finish(KAPPA * regular_ce + (1 - KAPPA) * robust_ce)
         return step
 
+    def fused(with_hooks):
+        def step():
+            eps = autoeps.eps(index) if with_hooks else recipe.eps
+            logits, u = classifier.certify_fused(x, y, eps, "CROWN-IBP", BETA)
+            if with_hooks:
+                weighted = criterion.compute_from_losses(u, fused_margin(u.detach()), logits, y, kappa=KAPPA)
+                autoeps.update(index, weighted.margins)
+                loss = weighted.loss
+            else:
+                loss = KAPPA * F.cross_entropy(logits, y) + (1 - KAPPA) * u.mean()
+            finish(loss)
+        return step
+
     regularizer = WarmupRegularizer(tol=0.5, lam=0.5)
 
     def ours_with_regularizer():
@@ -231,6 +250,7 @@ def build_setup(recipe: Recipe, batch_size: int, device: torch.device, seed: int
         steps[f"{method} + hooks"] = ours_with_hooks(method)
         if method == "IBP":
             steps["IBP + warm-up regularisers"] = ours_with_regularizer
+    steps["CROWN-IBP fused"], steps["CROWN-IBP fused + hooks"] = fused(False), fused(True)
     assert tuple(steps) == VARIANTS
     return Setup(recipe, in_shape, batch_size, device, steps, optimizer)
 
@@ -364,6 +384,8 @@ def summarize(setup: Setup, times: dict, memory: dict, syncs: Optional[dict] = N
         overheads[f"hooks {method}"] = paired_overhead(times, f"{method} + hooks", method)
         overheads[f"wrapper {method}"] = paired_overhead(times, method, f"{method} bare auto_LiRPA")
     overheads["warm-up regularisers IBP"] = paired_overhead(times, "IBP + warm-up regularisers", "IBP")
+    overheads["hooks CROWN-IBP fused"] = paired_overhead(times, "CROWN-IBP fused + hooks", "CROWN-IBP fused")
+    overheads["fusion CROWN-IBP"] = paired_overhead(times, "CROWN-IBP fused", "CROWN-IBP")
     recipe = setup.recipe
     return dict(recipe=recipe.key, experiment=recipe.experiment, model=recipe.model, dataset=recipe.dataset,
                 in_shape=list(setup.in_shape), batch_size=setup.batch_size, eps=recipe.eps, maxoff=recipe.maxoff,
@@ -424,6 +446,10 @@ def format_result(result: dict, markdown: bool) -> str:
               f"CROWN-IBP {pct('wrapper CROWN-IBP')}",
               f"IBP step / plain step: {ratio['IBP']:.2f}x (floor about 3: clean, centre and radius passes); "
               f"CROWN-IBP step / plain step: {ratio['CROWN-IBP']:.2f}x",
+              f"loss fusion (CROWN-IBP fused vs CROWN-IBP, per-round paired): {pct('fusion CROWN-IBP')}; hooks on the "
+              f"fused step: {pct('hooks CROWN-IBP fused')}; fused CROWN-IBP step / IBP step: "
+              f"{ratio['CROWN-IBP fused'] / ratio['IBP']:.2f}x (+ hooks / IBP + hooks: "
+              f"{ratio['CROWN-IBP fused + hooks'] / ratio['IBP + hooks']:.2f}x)",
               f"peak step memory: {result['memory_meaning']}",
               "host syncs: calls per step that make the host wait for the device (item, bool, tolist, nonzero, "
               "cuda.synchronize; optimizer step counters and CPU index checks excluded); 0 means the step never waits"]

@@ -240,12 +240,42 @@ def _patch_numpy_arraysetops() -> None:
     APPLIED.append("numpy.lib.arraysetops")
 
 
+def _gather_symbolic_at_opset_12():
+    """The symbolic function torch's exporter would use for ``aten::gather`` at auto_LiRPA's opset 12, or None."""
+    for name in ("torch.onnx._internal.torchscript_exporter.registration", "torch.onnx._internal.registration"):
+        try:
+            registration = importlib.import_module(name)
+        except ImportError:
+            continue
+        group = registration.registry.get_function_group("aten::gather")
+        return None if group is None else group.get(12)
+    return None
+
+
+def _patch_gather_symbolic() -> None:
+    function = _gather_symbolic_at_opset_12()
+    if function is None or _is_ours(function) or not function.__module__.endswith("symbolic_opset9"):
+        return
+    # auto_LiRPA sets opset 12 but never runs the exporter's own export, which is what imports (registers) the
+    # opset 10-12 symbolics in torch 2.9+; torch.gather then falls back to opset 9's OneHot form, an op auto_LiRPA
+    # cannot bound. Loss fusion's CrossEntropyWrapper gathers the true logit: give it GatherElements (opset 11's).
+    # Only gather is registered, so every other op's graph stays as it was.
+    def gather(g, self, dim, index, sparse_grad=False):
+        import torch.onnx.symbolic_helper as helper
+
+        return g.op("GatherElements", self, index, axis_i=helper._maybe_get_const(dim, "i"))
+
+    torch.onnx.register_custom_op_symbolic("aten::gather", _mark(gather), 11)
+    APPLIED.append("torch.onnx aten::gather at opset 11")
+
+
 def patch_torch() -> None:
     """The patches of what auto_LiRPA imports from torch's exporter and from numpy; imports no auto_LiRPA."""
     _patch_optimize_graph()
     _patch_set_opset_version()
     _patch_node_get()
     _patch_numpy_arraysetops()
+    _patch_gather_symbolic()
 
 
 def patch_auto_lirpa() -> None:

@@ -7,6 +7,7 @@ certified-training examples use (:mod:`.margins` turns them into the paper's eq.
 """
 from __future__ import annotations
 
+import importlib
 import warnings
 from typing import NamedTuple, Optional, Sequence, Union
 
@@ -17,12 +18,20 @@ from auto_LiRPA import BoundedModule, BoundedTensor
 from auto_LiRPA.perturbations import PerturbationLpNorm
 
 from .._compat.quiet import drop_printed
+from ..errors import ArgumentError
 from .bound_methods import BOUND_METHODS
 from .deferred import DeferredChecks
 from .device import resolve_device
 from .margins import margin_spec
 
 Eps = Union[float, torch.Tensor]
+
+
+class FusedBatch(NamedTuple):
+    """What one loss-fusion bound computation gives: clean logits and per-example robust CE upper bounds."""
+
+    logits: torch.Tensor  # (B, C)
+    robust_losses: torch.Tensor  # (B,) u_i >= CE(z(x'), y) for every x' in the example's ball
 
 
 class CertifiedBatch(NamedTuple):
@@ -54,6 +63,9 @@ class BoundedClassifier(nn.Module):
         std: per-channel standard deviation of the data set (with ``mean``).
         data_range: the valid pixel range; perturbed inputs are clamped to it.
         bound_opts: passed to ``BoundedModule`` unchanged.
+        loss_fusion: also build auto_LiRPA's loss-fusion graph (its ``CrossEntropyWrapper`` around the model,
+            bound option ``loss_fusion``), which bounds the cross-entropy itself: :meth:`certify_fused`. It shares
+            the model's parameters; :meth:`certify` and the clean forward keep using the plain graph.
         sync_checks: True raises on a bad eps or label at once (each check makes the host wait for the
             device); False counts them on the device and raises from :meth:`check` (labels out of range
             are clamped for the bound computation meanwhile, so that no device-side assert fires).
@@ -72,6 +84,7 @@ class BoundedClassifier(nn.Module):
         data_range: tuple[float, float] = (0.0, 1.0),
         bound_opts: Optional[dict] = None,
         sync_checks: bool = True,
+        loss_fusion: bool = False,
     ):
         super().__init__()
         self.sync_checks = bool(sync_checks)
@@ -97,6 +110,9 @@ class BoundedClassifier(nn.Module):
             # that it traces BatchNorm1d models in eval mode (the mode is put back below).
             warnings.simplefilter("ignore")
             self.bounded = BoundedModule(model, example, device=self.device, bound_opts=bound_opts)
+            # Kept out of the module tree like the model: it holds the same Parameter objects, and checkpoints
+            # must not change with the option.
+            self.__dict__["fused"] = fused_graph(model, example, self.device, bound_opts) if loss_fusion else None
         # The bounded module holds the model's own Parameter objects; keep the model out of
         # the module tree so that parameters and state_dict do not list them twice.
         self.__dict__["model"] = model
@@ -106,6 +122,8 @@ class BoundedClassifier(nn.Module):
     def train(self, mode: bool = True) -> "BoundedClassifier":
         super().train(mode)
         self.model.train(mode)
+        if self.fused is not None:
+            self.fused.train(mode)
         return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,12 +168,7 @@ class BoundedClassifier(nn.Module):
         # train-mode BatchNorm bounds use this batch's statistics.
         logits = self.bounded(bounded_x)
         num_classes = logits.shape[-1]
-        if not self.sync_checks:
-            outside = (y < 0) | (y >= num_classes)
-            self.deferred.record("labels", outside)
-            y = y.clamp(0, num_classes - 1)
-        elif y.min() < 0 or y.max() >= num_classes:
-            raise ValueError(f"labels must lie in [0, {num_classes - 1}], got min {int(y.min())} max {int(y.max())}")
+        y = self._checked_labels(y, num_classes)
         spec = margin_spec(y, num_classes)
         if method == "CROWN":
             lb, _ = self.bounded.compute_bounds(C=spec, method="CROWN", bound_upper=False)
@@ -172,10 +185,46 @@ class BoundedClassifier(nn.Module):
             lb = beta * crown_ibp_lb + (1.0 - beta) * ibp_lb
         return CertifiedBatch(logits, lb)
 
+    def certify_fused(self, x: torch.Tensor, y: torch.Tensor, eps: Eps, method: str = "IBP",
+                      beta: Optional[float] = None) -> FusedBatch:
+        """Clean logits and per-example upper bounds ``u_i`` of the robust cross-entropy, through loss fusion.
+
+        ``method`` is ``"IBP"`` or ``"CROWN-IBP"`` (``beta`` mixes them as in :meth:`certify`, here on the upper
+        bounds of ``sum_j exp(z_j - z_y)``, as upstream's CIFAR example does). Needs ``loss_fusion=True``.
+        """
+        if self.fused is None:
+            raise ValueError("certify_fused needs a BoundedClassifier built with loss_fusion=True")
+        if method not in ("IBP", "CROWN-IBP"):
+            raise ValueError(f"loss fusion bounds with method 'IBP' or 'CROWN-IBP', got {method!r}")
+        self._check_method(method, beta)
+        x, y = x.to(self.device), y.to(self.device)
+        if x.dim() < 2 or y.shape != (x.shape[0],):
+            raise ValueError(f"expected x of shape (B, ...) and y of shape (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
+        x_low, x_high = self.input_box(x, eps)
+        perturbation = PerturbationLpNorm(norm=float("inf"), x_L=self.normalize(x_low), x_U=self.normalize(x_high))
+        bounded_x = BoundedTensor(self.normalize(x), perturbation)
+        y = self._checked_labels(y, self.num_classes)
+        self.fused(bounded_x, y)  # the forward first, as in certify (train-mode BatchNorm statistics)
+        logits = fused_logits_node(self.fused).forward_value
+        return FusedBatch(logits, fused_losses(self.fused, method, beta))
+
     def margin_lower_bounds(self, x: torch.Tensor, y: torch.Tensor, eps: Eps, method: str = "IBP",
                             beta: Optional[float] = None) -> torch.Tensor:
         """``(B, C-1)`` lower bounds of ``z_y - z_j`` for ``j != y`` (class order, ``y`` skipped)."""
         return self.certify(x, y, eps, method=method, beta=beta).margin_lb
+
+    @property
+    def num_classes(self) -> int:
+        return int(fused_logits_node(self.fused).output_shape[-1]) if self.fused is not None else None
+
+    def _checked_labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """``y``, or a ValueError for labels outside ``[0, num_classes)`` (deferred and clamped without sync)."""
+        if not self.sync_checks:
+            self.deferred.record("labels", (y < 0) | (y >= num_classes))
+            return y.clamp(0, num_classes - 1)
+        if y.min() < 0 or y.max() >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes - 1}], got min {int(y.min())} max {int(y.max())}")
+        return y
 
     def check(self, where: str = "") -> None:
         """Raise the ValueError of any bad eps or label counted since the last check (``sync_checks=False``)."""
@@ -225,3 +274,94 @@ class BoundedClassifier(nn.Module):
             where = bad.nonzero().flatten().tolist()[:5]
             raise ValueError(f"eps must be finite and >= 0; bad value(s) {eps[bad].flatten()[:5].tolist()} at {where}")
         return eps
+
+
+# --- loss fusion ---------------------------------------------------------------------------------------------------
+# auto_LiRPA's CrossEntropyWrapper computes sum_j exp(z_j - z_y); with the bound option loss_fusion its Exp node
+# subtracts a per-example shift M (max_input) before exponentiating, so the bound pass returns ub = U * exp(-M), U the
+# upper bound of the sum, and the robust CE bound is log U = log(ub) + M.
+
+
+def cross_entropy_wrapper():
+    """auto_LiRPA's ``CrossEntropyWrapper`` (top level in 0.3 and 0.7.x, ``auto_LiRPA.utils`` in some), or None."""
+    import auto_LiRPA
+
+    found = getattr(auto_LiRPA, "CrossEntropyWrapper", None)
+    if found is None:
+        found = getattr(importlib.import_module("auto_LiRPA.utils"), "CrossEntropyWrapper", None)
+    return found
+
+
+def fused_graph(model: nn.Module, example: torch.Tensor, device, bound_opts: Optional[dict]) -> BoundedModule:
+    """A ``BoundedModule`` of ``CrossEntropyWrapper(model)`` with loss fusion on (same Parameter objects)."""
+    wrapper = cross_entropy_wrapper()
+    if wrapper is None:
+        raise ArgumentError("loss_fusion", True, "false: this auto_LiRPA has no CrossEntropyWrapper")
+    labels = torch.zeros(example.shape[0], dtype=torch.long, device=example.device)
+    options = dict(bound_opts or {}, loss_fusion=True)
+    return BoundedModule(wrapper(model), (example, labels), device=device, bound_opts=options)
+
+
+def _exp_node(fused: BoundedModule):
+    nodes = [node for node in fused._modules.values() if type(node).__name__ == "BoundExp"]
+    if len(nodes) != 1:
+        raise RuntimeError(f"expected one Exp node in the loss-fusion graph, found {len(nodes)}")
+    return nodes[0]
+
+
+def fused_logits_node(fused: BoundedModule):
+    """The node of the model's logits in the wrapper's graph: Exp <- Sub(logits, gathered true logit)."""
+    return _exp_node(fused).inputs[0].inputs[0]
+
+
+def _upper_bound(fused: BoundedModule, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ub, M)`` of one bound pass, both ``(B,)``: the shifted upper bound and the Exp node's shift."""
+    _, ub = fused.compute_bounds(bound_lower=False, bound_upper=True, **options)
+    shift = _exp_node(fused).max_input
+    return ub.view(-1), shift.reshape(-1)
+
+
+def fused_losses(fused: BoundedModule, method: str = "IBP", beta: Optional[float] = None) -> torch.Tensor:
+    """Per-example upper bounds ``u_i`` ``(B,)`` of the robust CE from a loss-fusion ``BoundedModule``.
+
+    ``fused`` is ``BoundedModule(CrossEntropyWrapper(model), ..., bound_opts={"loss_fusion": True})`` right after
+    its forward on ``(BoundedTensor(x, ptb), labels)`` (upstream's CIFAR example builds exactly that).
+    ``method`` ``"IBP"`` or ``"CROWN-IBP"``; ``beta`` mixes CROWN-IBP's upper bound with IBP's (None: pure).
+    A ``BoundDataParallel`` (upstream's wrapper) is bounded through the module it holds, on one device.
+    """
+    if isinstance(fused, nn.DataParallel):
+        fused = fused.module
+    if method not in ("IBP", "CROWN-IBP"):
+        raise ValueError(f"loss fusion bounds with method 'IBP' or 'CROWN-IBP', got {method!r}")
+    if method == "IBP" or beta == 0:
+        return fused_ibp_losses(fused)
+    if beta is None or beta == 1:
+        return fused_crown_ibp_losses(fused)
+    return fused_mixed_losses(fused, float(beta))
+
+
+def fused_ibp_losses(fused: BoundedModule) -> torch.Tensor:
+    """IBP: ``log(ub) + M``; M carries its gradient here, and log(ub) + M does not depend on it (exact)."""
+    ub, shift = _upper_bound(fused, IBP=True, method=None)
+    return torch.log(ub) + shift
+
+
+def fused_crown_ibp_losses(fused: BoundedModule) -> torch.Tensor:
+    """CROWN-IBP: ``log(ub) + M`` with M detached in the backward pass, so ub = U exp(-M) holds M constant."""
+    ub, shift = _upper_bound(fused, method="CROWN-IBP")
+    return torch.log(ub) + shift
+
+
+def fused_mixed_losses(fused: BoundedModule, beta: float) -> torch.Tensor:
+    """``log(beta U_crown + (1 - beta) U_ibp)`` from one IBP and one backward pass, both shifts honoured.
+
+    The IBP pass's shift M_i carries a gradient, the backward pass's M_c does not. ``ub_ibp * exp(M_i - M_c)``
+    is U_ibp exp(-M_c) with the gradient of U_ibp alone (the M_i in ub_ibp and in the factor cancel), so both
+    terms share the constant M_c. Upstream's example adds M_c to the mixed ub as it is, dropping d(ub_ibp)/dM_i.
+    """
+    ibp_ub, ibp_shift = _upper_bound(fused, IBP=True, method=None)
+    # IBP=False reuses the intermediate IBP bounds just computed: this is CROWN-IBP's last layer.
+    crown_ub, crown_shift = _upper_bound(fused, IBP=False, method="backward")
+    crown_shift = crown_shift.detach()
+    mixed = beta * crown_ub + (1.0 - beta) * ibp_ub * torch.exp(ibp_shift - crown_shift)
+    return torch.log(mixed) + crown_shift

@@ -64,3 +64,14 @@ def robust_cross_entropy(lb: torch.Tensor) -> torch.Tensor:
     """
     return F.cross_entropy(worst_case_logits_true_first(lb), lb.new_zeros(lb.shape[0], dtype=torch.long),
                            reduction="none")
+
+
+def fused_margin(robust_losses: torch.Tensor) -> torch.Tensor:
+    """The margin of a loss-fusion bound: ``2 exp(-u) - 1`` in ``(-1, 1]`` for robust CE upper bounds ``u`` ``(B,)``.
+
+    ``exp(-u)`` lower-bounds the true class's probability everywhere in the ball, so the margin is positive only
+    where ``P(y) > 1/2`` throughout, which implies certified. It stands in for eq. 6 (``P(y) - max_m P(m)`` of the
+    worst-case logits) where the margins themselves are never bounded; a surrogate the paper did not test
+    (docs/loss-fusion.md).
+    """
+    return 2.0 * torch.exp(-robust_losses) - 1.0

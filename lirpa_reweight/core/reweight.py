@@ -114,6 +114,31 @@ class WeightedRobustLoss(nn.Module):
                              f"got {tuple(robust_losses.shape)}")
         with torch.no_grad():
             margin = bound_margin(lb.detach())
+        return self._weighted(margin, lambda: robust_cross_entropy(lb) if robust_losses is None else robust_losses,
+                              clean_logits, y, kappa)
+
+    def compute_from_losses(self, robust_losses: torch.Tensor, margins: torch.Tensor,
+                            clean_logits: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
+                            kappa: float = 0.0) -> WeightedLoss:
+        """Eq. 7-8 on per-example robust losses ``(B,)`` with the margins ``(B,)`` that weight them.
+
+        For loss fusion, where only an upper bound ``u_i`` of each robust CE is bounded:
+        ``compute_from_losses(u, fused_margin(u), ...)`` (:func:`~lirpa_reweight.core.margins.fused_margin`).
+        The weights and the mean are those of :meth:`compute`; ``.margins`` is what ``AutoEpsScheduler.update``
+        takes.
+        """
+        if not isinstance(robust_losses, torch.Tensor) or robust_losses.dim() != 1 or robust_losses.shape[0] == 0:
+            shape = tuple(robust_losses.shape) if isinstance(robust_losses, torch.Tensor) else type(robust_losses).__name__
+            raise ValueError(f"robust_losses must be a non-empty (B,) tensor, got {shape}")
+        if not isinstance(margins, torch.Tensor) or tuple(margins.shape) != tuple(robust_losses.shape):
+            shape = tuple(margins.shape) if isinstance(margins, torch.Tensor) else type(margins).__name__
+            raise ValueError(f"margins must be ({robust_losses.shape[0]},) to match robust_losses, got {shape}")
+        kappa = self._check_inputs(robust_losses.unsqueeze(1), clean_logits, y, kappa, num_classes=None)
+        return self._weighted(margins.detach(), lambda: robust_losses, clean_logits, y, kappa)
+
+    def _weighted(self, margin, robust_losses_of, clean_logits, y, kappa) -> WeightedLoss:
+        """Eq. 7 weights from ``margin`` (detached), eq. 8 on the robust losses ``robust_losses_of()`` gives."""
+        with torch.no_grad():
             weight = self.weights(margin)
             if self.process_group is not None:
                 share, batch_scale, examples = self._global_shares(margin, weight)
@@ -124,8 +149,7 @@ class WeightedRobustLoss(nn.Module):
                 share, batch_scale = torch.softmax(-self.gamma * margin.abs(), dim=0), None
             if self.process_group is None:
                 examples = weight.new_full((), len(weight))
-        if robust_losses is None:
-            robust_losses = robust_cross_entropy(lb)
+        robust_losses = robust_losses_of()  # after the weights, in the order the unfused step always computed them
         robust = (share * robust_losses).sum()
         if kappa == 0.0:
             loss = robust
@@ -169,14 +193,19 @@ class WeightedRobustLoss(nn.Module):
         """Raise the ValueError of any bad input counted since the last check (with ``sync_checks=False``)."""
         self.deferred.raise_if_bad(where)
 
-    def _check_inputs(self, lb, clean_logits, y, kappa) -> float:
+    def _check_inputs(self, lb, clean_logits, y, kappa, num_classes: Optional[int] = -1) -> float:
+        """``num_classes``: -1 takes it from ``lb`` (C-1 columns); None leaves the logits' class count free."""
         kappa = float(kappa)
         if not 0.0 <= kappa <= 1.0:
             raise ArgumentError("kappa", kappa, "a number in [0, 1]")
         if not isinstance(lb, torch.Tensor) or lb.dim() != 2 or lb.shape[0] == 0 or lb.shape[1] == 0:
             shape = tuple(lb.shape) if isinstance(lb, torch.Tensor) else type(lb).__name__
             raise ValueError(f"lb must be a non-empty (B, C-1) tensor of margin lower bounds, got {shape}")
-        batch, num_classes = lb.shape[0], lb.shape[1] + 1
+        batch = lb.shape[0]
+        if num_classes == -1:
+            num_classes = lb.shape[1] + 1
+        elif clean_logits is not None:
+            num_classes = clean_logits.shape[-1]
         if kappa > 0 and (clean_logits is None or y is None):
             raise ValueError(f"kappa = {kappa} > 0 mixes in the clean loss: give clean_logits and y")
         if clean_logits is not None and tuple(clean_logits.shape) != (batch, num_classes):

@@ -5,7 +5,9 @@ the ``(B, C-1)`` margins the loss trains on (MTL-IBP also its per-example losses
 ``logits, margin_lb, robust_losses = method(classifier, x, y, eps, progress)`` with ``progress`` in [0, 1]
 (``eps_base / eps_train``; under data parallelism also ``batch_slice``, this rank's rows of the global batch, so
 that an attack's random starts are the ones one process would draw), and
-``loss = WeightedRobustLoss(...)(margin_lb, logits, y, kappa, robust_losses=...)``.
+``loss = WeightedRobustLoss(...)(margin_lb, logits, y, kappa, robust_losses=...)``. With ``loss_fusion=True``
+(IBP, CROWN-IBP) ``margin_lb`` is None and ``robust_losses`` are the fused CE bounds ``u``:
+``WeightedRobustLoss(...).compute_from_losses(u, fused_margin(u), logits, y, kappa)`` (docs/loss-fusion.md).
 Methods know nothing of the tactics; each module's docstring says which margins the hooks see and why.
 A new method is one module here with a class decorated ``@register`` (docs/design.md).
 """

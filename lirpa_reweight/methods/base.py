@@ -17,8 +17,17 @@ class MethodOutput(NamedTuple):
     """One training step's view of a batch under a method."""
 
     logits: torch.Tensor  # (B, C) clean logits (the kappa-weighted clean loss and the error meter use them)
-    margin_lb: torch.Tensor  # (B, C-1) margins the loss trains on; eq. 6 weights and auto eps read them
+    margin_lb: Optional[torch.Tensor]  # (B, C-1) margins the loss trains on; eq. 6 weights and auto eps read them.
+    # None under loss fusion: then robust_losses are the bounds u_i of the robust CE, and the hooks read
+    # fused_margin(u_i) (core/margins.py).
     robust_losses: Optional[torch.Tensor] = None  # (B,) per-example robust losses, when not CE of [0, -margin_lb]
+
+
+def check_flag(name: str, value) -> bool:
+    """``value`` as a bool, or :class:`~lirpa_reweight.errors.ArgumentError` naming ``name``."""
+    if not isinstance(value, bool):
+        raise ArgumentError(name, value, "true or false")
+    return value
 
 
 def check_coefficient(name: str, value) -> float:

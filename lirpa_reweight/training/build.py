@@ -266,7 +266,8 @@ def build_run(spec: RunSpec, device: torch.device, group=None) -> Run:
     check_eps_ramp(eps_scheduler, batches_per_epoch, spec.eps_scheduler.get("opt_str"))
     info = data_info(dataset)
     # Input checks deferred to the epoch's logging point: the step never waits for the device.
-    classifier = build_classifier(spec.model_name, info, device=device, sync_checks=False, init=spec.init)
+    classifier = build_classifier(spec.model_name, info, device=device, sync_checks=False, init=spec.init,
+                                  loss_fusion=getattr(spec.method, "loss_fusion", False))
     criterion = WeightedRobustLoss(gamma=spec.gamma, alpha=spec.alpha, process_group=group, sync_checks=False)
     autoeps = AutoEpsScheduler(eps_scheduler, len(dataset), maxoff=spec.maxoff, device=device,
                                process_group=group, sync_checks=False)
@@ -353,11 +354,11 @@ def data_info(dataset) -> dict:
 
 
 def build_classifier(model_name: str, info: dict, device=None, sync_checks: bool = True,
-                     init: str = "default") -> BoundedClassifier:
+                     init: str = "default", loss_fusion: bool = False) -> BoundedClassifier:
     model = apply_init(build_model(model_name, tuple(info["in_shape"]), info["num_classes"]), init)
     example = torch.rand(2, *info["in_shape"])  # batch 2: train-mode BatchNorm needs more than one example
     return BoundedClassifier(model, example, device=device, mean=info["mean"], std=info["std"],
-                             sync_checks=sync_checks)
+                             sync_checks=sync_checks, loss_fusion=loss_fusion)
 
 
 # --- a saved run -------------------------------------------------------------------------------------------------

@@ -269,6 +269,22 @@ def check_train_config(config: Mapping) -> None:
         raise ConfigError("schedule.eps_eval", schedule["eps_eval"],
                           f"at most schedule.eps_train={schedule['eps_train']} in this preset "
                           "(set schedule.allow_eval_above_train=true to allow it)")
+    check_loss_fusion(config)
+
+
+#: The training methods whose loss is one cross-entropy that auto_LiRPA's loss fusion can bound.
+LOSS_FUSION_METHODS = ("IBP", "CROWN-IBP")
+
+
+def check_loss_fusion(config: Mapping) -> None:
+    """``bound.loss_fusion=true`` only for IBP / CROWN-IBP."""
+    bound = config["bound"]
+    if not bound.get("loss_fusion", False):
+        return
+    if bound["method"] not in LOSS_FUSION_METHODS:
+        raise ConfigError("bound.loss_fusion", bound["loss_fusion"],
+                          f"false for {bound['method']} (loss fusion bounds one cross-entropy: "
+                          f"{' and '.join(LOSS_FUSION_METHODS)} only)")
 
 
 def check_evaluate_config(config: Mapping) -> None:

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from ..core.margins import fused_margin
 from ..methods.base import interpolate
 from . import distributed
 
@@ -26,14 +27,14 @@ class EpochMeter:
         self.count = 0
         self.group = group
 
-    def add(self, loss, clean_loss, robust_loss, logits, lb, y, weights, loss_weight=None):
-        """``loss_weight``: what ``loss`` counts for in the epoch's mean; the batch size for one process. Under
+    def add(self, loss, clean_loss, robust_loss, logits, certified, y, weights, loss_weight=None):
+        """``certified``: ``(B,)`` bool, the examples the training bound certifies. ``loss_weight``: what ``loss`` counts for in the epoch's mean; the batch size for one process. Under
         DDP each rank's loss is its scaled share (the ranks' mean is the global batch's loss), so it is
         global batch size / world size there."""
         batch = len(y)
         self.sums += torch.stack([
             loss.detach() * (batch if loss_weight is None else loss_weight), clean_loss.detach() * batch,
-            robust_loss.detach() * batch, (logits.detach().argmax(1) != y).sum(), (lb.detach() > 0).all(1).sum(),
+            robust_loss.detach() * batch, (logits.detach().argmax(1) != y).sum(), certified.sum(),
             weights.sum(),
         ]).to(self.sums.dtype)
         self.count += batch
@@ -85,10 +86,16 @@ class Trainer:
         eps = autoeps.eps(index)
         # The method's margins go to both hooks unchanged (see lirpa_reweight/methods/).
         logits, lb, robust_losses = self.method(classifier, x, y, eps, progress, batch_slice)
-        weighted = self.criterion.compute(lb, logits, y, kappa=kappa, robust_losses=robust_losses)
+        if lb is None:  # loss fusion: per-example robust CE bounds and their margin (core/margins.fused_margin)
+            weighted = self.criterion.compute_from_losses(robust_losses, fused_margin(robust_losses.detach()),
+                                                          logits, y, kappa=kappa)
+            certified, graph = weighted.margins > 0, classifier.fused
+        else:
+            weighted = self.criterion.compute(lb, logits, y, kappa=kappa, robust_losses=robust_losses)
+            certified, graph = (lb.detach() > 0).all(1), classifier.bounded
         loss = weighted.loss
         if self.regularizer is not None:  # Shi et al.'s warm-up terms, from the bounds the method just computed
-            loss = loss + self.regularizer(classifier.bounded, eps_base, autoeps.get_max_eps())
+            loss = loss + self.regularizer(graph, eps_base, autoeps.get_max_eps())
         if self.monitor is not None:
             self.monitor.observe(loss)  # device-side; read at the epoch's end
         autoeps.update(index, weighted.margins)  # eq. 6 margins at each example's own eps
@@ -103,7 +110,7 @@ class Trainer:
         # Under DDP each rank's loss is its share of the global batch's (see EpochMeter.add).
         loss_weight = None if self.group is None else weighted.examples / distributed.world_size(self.group)
         # The unweighted robust CE is logged: it stays comparable across gamma.
-        meter.add(loss, clean_loss, weighted.robust_losses.mean(), logits, lb, y, weighted.weights,
+        meter.add(loss, clean_loss, weighted.robust_losses.mean(), logits, certified, y, weighted.weights,
                   loss_weight=loss_weight)
         return progress
 

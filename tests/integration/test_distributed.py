@@ -17,6 +17,7 @@ from lirpa_reweight import methods
 from lirpa_reweight.training import distributed
 from lirpa_reweight.core.autoeps import AutoEpsScheduler
 from lirpa_reweight.core.bounds import BoundedClassifier
+from lirpa_reweight.core.margins import fused_margin
 from lirpa_reweight.core.reweight import WeightedRobustLoss
 
 N, SHAPE, CLASSES, BATCH, STEPS = 23, (1, 3, 3), 3, 7, 4  # 23 = 3 batches of 7 + 2: uneven shards, short last batch
@@ -68,14 +69,16 @@ def run_steps(rank, world_size, group, alpha, method_name="IBP"):
     With an attacking method the ranks draw the random starts of the whole global batch and keep their rows."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(9, 8), nn.ReLU(), nn.Linear(8, CLASSES))  # no BatchNorm
-    clf = BoundedClassifier(model, torch.rand((2,) + SHAPE), device="cpu", sync_checks=False)
+    options = METHOD_OPTIONS[method_name]
+    clf = BoundedClassifier(model, torch.rand((2,) + SHAPE), device="cpu", sync_checks=False,
+                            loss_fusion=options.get("loss_fusion", False))
     criterion = WeightedRobustLoss(gamma=4.0, alpha=alpha, process_group=group, sync_checks=False)
     autoeps = AutoEpsScheduler(FixedScheduler(0.2), N, maxoff=0.15, device="cpu", process_group=group,
                                sync_checks=False)
     autoeps.train()
     optimizer = torch.optim.SGD(clf.parameters(), lr=0.5)
     x, y = data()
-    method = methods.build_method(method_name, **METHOD_OPTIONS[method_name])
+    method = methods.build_method(method_name.split()[0], **options)
     gen = torch.Generator().manual_seed(3)
     losses, grads = [], []
     sampler = distributed.GlobalBatchSampler(N, BATCH, gen, rank, world_size)
@@ -84,7 +87,11 @@ def run_steps(rank, world_size, group, alpha, method_name="IBP"):
         index = torch.tensor(index)
         batch_slice = sampler.slice_of(step % len(sampler)) if group is not None else None
         logits, lb, robust_losses = method(clf, x[index], y[index], autoeps.eps(index), 1.0, batch_slice)
-        weighted = criterion.compute(lb, logits, y[index], kappa=0.3, robust_losses=robust_losses)
+        if lb is None:  # loss fusion: the bounds of the robust CE and their fused margin
+            weighted = criterion.compute_from_losses(robust_losses, fused_margin(robust_losses.detach()), logits,
+                                                     y[index], kappa=0.3)
+        else:
+            weighted = criterion.compute(lb, logits, y[index], kappa=0.3, robust_losses=robust_losses)
         loss = weighted.loss
         autoeps.update(index, weighted.margins)
         optimizer.zero_grad()
@@ -97,10 +104,11 @@ def run_steps(rank, world_size, group, alpha, method_name="IBP"):
 
 
 # alpha 0: the global softmax path of the weights; SABR, MTL-IBP: a random-start attack in the step (MTL-IBP:
-# per-example losses too)
-CASES = ((0.1, "IBP"), (0.0, "IBP"), (0.1, "SABR"), (0.1, "MTL-IBP"))
+# per-example losses too); fused: loss fusion's per-example bounds (CROWN-IBP at beta 0.5: both bound passes)
+CASES = ((0.1, "IBP"), (0.0, "IBP"), (0.1, "SABR"), (0.1, "MTL-IBP"), (0.1, "IBP fused"), (0.1, "CROWN-IBP fused"))
 METHOD_OPTIONS = {"IBP": {}, "SABR": {"lambda_start": 0.5, "attack": {"steps": 2}},
-                  "MTL-IBP": {"alpha_start": 0.3, "attack": {"steps": 2}}}
+                  "MTL-IBP": {"alpha_start": 0.3, "attack": {"steps": 2}}, "IBP fused": {"loss_fusion": True},
+                  "CROWN-IBP fused": {"loss_fusion": True, "beta_start": 0.5, "beta_end": 0.5}}
 
 
 def _rank_main(rank, port, out):

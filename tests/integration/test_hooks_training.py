@@ -99,14 +99,38 @@ def test_per_example_eps_reach_the_bounds(method, beta):
 EXAMPLE = ROOT / "examples" / "drop_in_auto_lirpa.py"
 
 
-def test_drop_in_example_runs_with_few_marked_lines():
-    marked = [line for line in EXAMPLE.read_text().splitlines() if "  # lirpa_reweight" in line]
+def marked_example(path):
+    """The example script ``path`` as a module, after checking that few of its lines are marked as ours."""
+    marked = [line for line in path.read_text().splitlines() if "  # lirpa_reweight" in line]
     assert 1 <= len(marked) <= 10, marked
-    spec = importlib.util.spec_from_file_location("drop_in_auto_lirpa", EXAMPLE)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
+    return example
+
+
+def test_drop_in_example_runs_with_few_marked_lines():
+    example = marked_example(EXAMPLE)
     # Epoch 1 natural, epoch 2 ramps (CROWN-IBP mixed with IBP), epochs 3-4 at full eps (IBP): every branch runs.
     stats = example.main(["--synthetic", "--steps", "8", "--num-epochs", "4", "--bound-type", "CROWN-IBP",
                           "--scheduler-name", "LinearScheduler", "--scheduler-opts", "start=2,length=1"])
     assert set(stats) == {"loss", "clean_err", "verified_err"}
     assert all(math.isfinite(v) for v in stats.values())
+
+
+CIFAR_EXAMPLE = ROOT / "examples" / "cifar_crown_ibp_fused.py"
+
+
+def test_cifar_fused_example_moves_offsets_and_spreads_weights():
+    example = marked_example(CIFAR_EXAMPLE)
+    # Epoch 1 natural, epochs 2-3 ramp (CROWN-IBP mixed with IBP through loss fusion).
+    stats = example.main(["--synthetic", "--steps", "12", "--num-epochs", "3", "--scheduler-opts",
+                          "start=2,length=2,mid=0.4"])
+    assert stats["max_offset"] > 0 and stats["fraction_offset"] > 0  # Algorithm 1 read the fused margins
+    # Eq. 7 told examples apart: its varying part exp(-gamma |m|) (the weight less the floor alpha = 0.1) spans a
+    # factor above 2 (gamma 0 gives equal weights). Early in the ramp most fused margins sit near -1, so the weights
+    # themselves stay near the floor; the floor is the same for every example.
+    assert stats["weight_max"] - 0.1 > 2 * (stats["weight_min"] - 0.1)
+    assert math.isfinite(stats["loss"]) and 0 <= stats["verified_err"] <= 1
+    off = example.main(["--synthetic", "--steps", "12", "--num-epochs", "3", "--gamma", "0", "--maxoff", "0"])
+    assert off["weight_max"] == off["weight_min"] and off["max_offset"] == 0

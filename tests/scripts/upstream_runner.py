@@ -4,8 +4,8 @@
 
 torchvision's MNIST and CIFAR10 are replaced by same-signature stand-ins that yield synthetic PIL images through
 the script's own transforms, so the script itself runs unchanged (no download). OUT.json gets the sequence of
-cross-entropy and WeightedRobustLoss values in call order, every AutoEpsScheduler's final offsets and maxoff,
-and the radii each ``eps(idx)`` call returned.
+cross-entropy and WeightedRobustLoss values in call order, every batch's margins and eq. 7 weights, every AutoEpsScheduler's
+final offsets and maxoff, and the radii each ``eps(idx)`` call returned.
 """
 import json
 import os
@@ -17,7 +17,7 @@ import torchvision.datasets
 from PIL import Image
 
 import lirpa_reweight
-from lirpa_reweight.data import SyntheticDataset
+from lirpa_reweight.data.datasets import SyntheticDataset
 
 OUT, N_TRAIN, N_TEST, SCRIPT = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), os.path.abspath(sys.argv[4])
 
@@ -50,7 +50,7 @@ class CIFAR10(_Synthetic):
 
 torchvision.datasets.MNIST, torchvision.datasets.CIFAR10 = MNIST, CIFAR10
 
-events, schedulers, radii = [], [], []
+events, schedulers, radii, weights, margins = [], [], [], [], []
 
 
 def _recording(cls, method, record):
@@ -65,7 +65,17 @@ def _recording(cls, method, record):
 
 
 _recording(torch.nn.CrossEntropyLoss, "forward", lambda self, out: events.append(["ce", float(out)]))
-_recording(lirpa_reweight.WeightedRobustLoss, "forward", lambda self, out: events.append(["reweighted", float(out)]))
+
+
+def _record_weighted(self, out):
+    events.append(["reweighted", float(out.loss)])
+    weights.append(out.weights.tolist())
+    margins.append(out.margins.tolist())
+
+
+for _method in ("compute", "compute_from_losses"):  # every batch's loss and eq. 7 weights, fused or not
+    _recording(lirpa_reweight.WeightedRobustLoss, _method, _record_weighted)
+
 _recording(lirpa_reweight.AutoEpsScheduler, "__init__", lambda self, out: schedulers.append(self))
 _recording(lirpa_reweight.AutoEpsScheduler, "eps", lambda self, out: radii.append(
     {"training": bool(self.is_training), "eps_base": float(self.get_eps()), "eps": out.tolist()}))
@@ -77,6 +87,6 @@ torch.set_num_threads(1)
 runpy.run_path(SCRIPT, run_name="__main__")
 
 with open(OUT, "w") as f:
-    json.dump({"events": events, "radii": radii,
+    json.dump({"events": events, "radii": radii, "weights": weights, "margins": margins,
                "schedulers": [{"num_examples": s.num_examples, "maxoff": s.maxoff, "offsets": s.offsets.tolist()}
                               for s in schedulers]}, f)

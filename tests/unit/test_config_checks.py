@@ -69,6 +69,7 @@ BAD_TRAIN_VALUES = {
     "schedule.kappa_start": [1.5, -0.1],
     "schedule.kappa_end": [2, "half"],
     "bound.beta_start": [-1],
+    "bound.loss_fusion": [1, "yes"],
     "bound.beta_end": [1.01],
     "schedule.lr": [0, -1e-3, "fast"],
     "schedule.eps_scheduler._target_": ["not a path!", 3],
