@@ -19,28 +19,11 @@ from torch import nn
 
 from ..core.bounds import BoundedClassifier
 from ..errors import ArgumentError
-from .plan import AbcrownOptions
+from .plan import AbcrownOptions, require_abcrown
 
-INSTALL = ("install alpha-beta-CROWN (pip install . in its clone, or its clone's root on PYTHONPATH) and upstream "
-           "auto_LiRPA 0.7.x with torch < 2.9 by their own instructions, "
-           "https://github.com/Verified-Intelligence/alpha-beta-CROWN#installation-and-setup; see "
-           "docs/verification.md")
 #: alpha-beta-CROWN's statuses that prove the property, and those that claim a counterexample.
 SAFE = ("safe", "safe-incomplete", "verified", "safe-mip", "safe-bab")
 UNSAFE_PREFIX = "unsafe"
-
-
-def require_abcrown():
-    """alpha-beta-CROWN's API module; where it cannot be imported, the one-line refusal naming how to install it."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints on import; evaluate's stdout is its JSON
-            import abcrown
-        for name in ("ABCrownSolver", "VerificationSpec", "ConfigBuilder", "input_vars", "output_vars"):
-            getattr(abcrown, name)
-    except (ImportError, AttributeError) as error:
-        raise ArgumentError("methods", "abcrown", f"alpha-beta-CROWN is not importable here ({error}); "
-                                                  f"{INSTALL}") from None
-    return abcrown
 
 
 class Verdict(NamedTuple):

@@ -7,7 +7,9 @@ alpha-CROWN follow the size rule :data:`CROWN_MAX_RELU_UNITS`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -107,6 +109,25 @@ class Plan:
                 "crown_max_relu_units": self.crown_max_relu_units, "alpha_crown_iterations": self.alpha_crown_iterations}
 
 
+INSTALL = ("install alpha-beta-CROWN (pip install . in its clone, or its clone's root on PYTHONPATH) and upstream "
+           "auto_LiRPA 0.7.x with torch < 2.9 by their own instructions, "
+           "https://github.com/Verified-Intelligence/alpha-beta-CROWN#installation-and-setup; see "
+           "docs/verification.md")
+
+
+def require_abcrown():
+    """alpha-beta-CROWN's API module; where it cannot be imported, the one-line refusal naming how to install it."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints on import; evaluate's stdout is its JSON
+            import abcrown
+        for name in ("ABCrownSolver", "VerificationSpec", "ConfigBuilder", "input_vars", "output_vars"):
+            getattr(abcrown, name)
+    except (ImportError, AttributeError) as error:
+        raise ArgumentError("methods", "abcrown", f"alpha-beta-CROWN is not importable here ({error}); "
+                                                  f"{INSTALL}") from None
+    return abcrown
+
+
 def check_options(methods: Sequence[str], alpha_crown_iterations: int = ALPHA_CROWN_ITERATIONS) -> None:
     """Refuse verifiers the cascade cannot run, naming the argument (before any work); ``abcrown`` is refused
     here, in one line saying how to install it, where it is not importable."""
@@ -116,7 +137,6 @@ def check_options(methods: Sequence[str], alpha_crown_iterations: int = ALPHA_CR
                             f"a non-empty list without repeats drawn from {list(VERIFIERS)}")
     _integer("alpha_crown_iterations", alpha_crown_iterations, 1)
     if ABCROWN in methods:
-        from .abcrown import require_abcrown
         require_abcrown()
 
 

@@ -186,12 +186,14 @@ def test_an_abcrown_timeout_is_unknown_and_an_unconfirmed_counterexample_is_not_
     """The mapping of alpha-beta-CROWN's answers, with its solver replaced by scripted answers (its real runs are
     tested in tests/integration/test_abcrown.py)."""
     from lirpa_reweight.evaluation import abcrown
+    from lirpa_reweight.evaluation import plan as plan_module
 
     classifier = threshold_classifier(0.4)
     answers = {0.5: abcrown.Verdict("unknown", "unknown", None, 3.0),  # ran out of time
                0.6: abcrown.Verdict("falsified", "unsafe-bab", torch.tensor([[[0.6]]]), 0.1),  # not a counterexample
                0.9: abcrown.Verdict("verified", "safe", None, 0.1)}
     monkeypatch.setattr(abcrown, "require_abcrown", lambda: None)
+    monkeypatch.setattr(plan_module, "require_abcrown", lambda: None)  # the plan's check before any work
     monkeypatch.setattr(abcrown, "solver_config", lambda options, device: {})
     monkeypatch.setattr(abcrown, "verify_example",
                         lambda network, x, y, eps, data_range, config: answers[round(float(x.flatten()[0]), 3)])
