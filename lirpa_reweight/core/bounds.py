@@ -157,13 +157,7 @@ class BoundedClassifier(nn.Module):
         iteration count is ``bounded``'s ``optimize_bound_args``).
         """
         method = self._check_method(method, beta)
-        x = x.to(self.device)
-        y = y.to(self.device)
-        if x.dim() < 2 or y.shape != (x.shape[0],):
-            raise ValueError(f"expected x of shape (B, ...) and y of shape (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
-        x_low, x_high = self.input_box(x, eps) if box is None else (b.to(self.device) for b in box)
-        perturbation = PerturbationLpNorm(norm=float("inf"), x_L=self.normalize(x_low), x_U=self.normalize(x_high))
-        bounded_x = BoundedTensor(self.normalize(x), perturbation)
+        bounded_x, y = self._bounded_input(x, y, eps, box)
         # Forward on the BoundedTensor first, then compute_bounds without x=, so that
         # train-mode BatchNorm bounds use this batch's statistics.
         logits = self.bounded(bounded_x)
@@ -197,16 +191,21 @@ class BoundedClassifier(nn.Module):
         if method not in ("IBP", "CROWN-IBP"):
             raise ValueError(f"loss fusion bounds with method 'IBP' or 'CROWN-IBP', got {method!r}")
         self._check_method(method, beta)
-        x, y = x.to(self.device), y.to(self.device)
-        if x.dim() < 2 or y.shape != (x.shape[0],):
-            raise ValueError(f"expected x of shape (B, ...) and y of shape (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
-        x_low, x_high = self.input_box(x, eps)
-        perturbation = PerturbationLpNorm(norm=float("inf"), x_L=self.normalize(x_low), x_U=self.normalize(x_high))
-        bounded_x = BoundedTensor(self.normalize(x), perturbation)
+        bounded_x, y = self._bounded_input(x, y, eps)
         y = self._checked_labels(y, self.num_classes)
         self.fused(bounded_x, y)  # the forward first, as in certify (train-mode BatchNorm statistics)
         logits = fused_logits_node(self.fused).forward_value
         return FusedBatch(logits, fused_losses(self.fused, method, beta))
+
+    def _bounded_input(self, x: torch.Tensor, y: torch.Tensor, eps: Eps,
+                       box: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> tuple[BoundedTensor, torch.Tensor]:
+        """The normalised ``BoundedTensor`` of ``x`` over its clamped eps ball (or ``box``), and ``y``, on the device."""
+        x, y = x.to(self.device), y.to(self.device)
+        if x.dim() < 2 or y.shape != (x.shape[0],):
+            raise ValueError(f"expected x of shape (B, ...) and y of shape (B,), got {tuple(x.shape)} and {tuple(y.shape)}")
+        x_low, x_high = self.input_box(x, eps) if box is None else (b.to(self.device) for b in box)
+        perturbation = PerturbationLpNorm(norm=float("inf"), x_L=self.normalize(x_low), x_U=self.normalize(x_high))
+        return BoundedTensor(self.normalize(x), perturbation), y
 
     def margin_lower_bounds(self, x: torch.Tensor, y: torch.Tensor, eps: Eps, method: str = "IBP",
                             beta: Optional[float] = None) -> torch.Tensor:

@@ -11,6 +11,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from ..core.bounds import BoundedClassifier
+from ..core.margins import logit_margins
 from ..methods.attack import evaluation_pgd
 from .plan import FULL_CROWN, AttackOptions
 
@@ -114,6 +115,4 @@ def recheck(classifier: BoundedClassifier, x_adv: torch.Tensor, x: torch.Tensor,
     inside = ((x_adv - projected).abs() <= BOX_TOLERANCE).flatten(1).all(1)
     with torch.no_grad():
         logits = classifier(projected)
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], -float("inf")).amax(1)
-    return inside & (logits.argmax(1) != y), true - others
+    return inside & (logits.argmax(1) != y), logit_margins(logits, y).min(1).values

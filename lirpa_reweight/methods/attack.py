@@ -107,9 +107,8 @@ def evaluation_pgd(classifier, x: torch.Tensor, y: torch.Tensor, eps: float, gen
     the first restart at the centre of the clamped box (``centre_start``), the others at random points drawn
     from each example's own ``generators``, and each example left alone once some step has misclassified it.
     ``x_adv`` is the first misclassified point found (``x`` where none was)."""
-    low, high = classifier.data_range
     loss_fn = margin_loss if loss == "margin" else (lambda logits, labels: F.cross_entropy(logits, labels, reduction="sum"))
-    x_low, x_high = (x - eps).clamp(low, high), (x + eps).clamp(low, high)
+    x_low, x_high = classifier.input_box(x, eps)
     step = eps * (2.5 / steps if step_size is None else float(step_size))
     found, fooled = x.detach().clone(), torch.zeros_like(y, dtype=torch.bool)
     for restart in range(restarts):
