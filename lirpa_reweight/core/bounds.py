@@ -20,6 +20,7 @@ from auto_LiRPA.perturbations import PerturbationLpNorm
 from .._compat.quiet import drop_printed
 from ..errors import ArgumentError
 from .bound_methods import BOUND_METHODS
+from .clean_pass import CLEAN_PASSES, clean_pass_detachable
 from .deferred import DeferredChecks
 from .device import resolve_device
 from .margins import margin_spec
@@ -97,6 +98,8 @@ class BoundedClassifier(nn.Module):
             raise ValueError(f"data_range must be (low, high) with low < high, got {tuple(data_range)}")
         self.device = resolve_device(device)
         self.data_range = (low, high)
+        self.example_shape = tuple(example_input.shape[1:])
+        self._clean_pass_detachable: Optional[bool] = None  # probed on first need (core/clean_pass.py)
         self.register_buffer("mean", _as_channel_stats(mean, "mean"))
         self.register_buffer("std", _as_channel_stats(std, "std"))
         self.to(self.device)
@@ -146,7 +149,8 @@ class BoundedClassifier(nn.Module):
 
     def certify(self, x: torch.Tensor, y: torch.Tensor, eps: Eps, method: str = "IBP",
                 beta: Optional[float] = None,
-                box: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> CertifiedBatch:
+                box: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                clean: str = "grad") -> CertifiedBatch:
         """Clean logits and ``(B, C-1)`` margin lower bounds in one pass.
 
         ``method`` is one of ``"IBP"``, ``"CROWN-IBP"``, ``"CROWN"``, ``"alpha-CROWN"``. For CROWN-IBP,
@@ -154,30 +158,43 @@ class BoundedClassifier(nn.Module):
         ``beta * crown_ibp + (1 - beta) * ibp``; None means pure CROWN-IBP. ``box``, pixel-space
         ``(x_low, x_high)``, bounds that box instead of the eps ball (SABR's small box); the logits
         stay those of ``x``. alpha-CROWN's bounds carry no gradient (an evaluation method; its
-        iteration count is ``bounded``'s ``optimize_bound_args``).
+        iteration count is ``bounded``'s ``optimize_bound_args``). ``clean`` says what the logits are for:
+        ``"grad"`` a loss; ``"no_grad"`` only a metric, so that their pass runs without autograd; ``"none"``
+        nothing, so that the pass does not run and the logits are None. The last two apply to IBP and CROWN-IBP
+        where they leave the bounds and their gradients unchanged (:attr:`clean_pass_detachable`); elsewhere
+        the logits are those of the whole pass.
         """
         method = self._check_method(method, beta)
+        if clean not in CLEAN_PASSES:
+            raise ArgumentError("clean", clean, " or ".join(map(repr, CLEAN_PASSES)))
         bounded_x, y = self._bounded_input(x, y, eps, box)
-        # Forward on the BoundedTensor first, then compute_bounds without x=, so that
-        # train-mode BatchNorm bounds use this batch's statistics.
-        logits = self.bounded(bounded_x)
-        num_classes = logits.shape[-1]
-        y = self._checked_labels(y, num_classes)
-        spec = margin_spec(y, num_classes)
-        if method == "CROWN":
-            lb, _ = self.bounded.compute_bounds(C=spec, method="CROWN", bound_upper=False)
-        elif method == "alpha-CROWN":
-            lb = self._alpha_crown(bounded_x, spec)
-        elif method == "IBP" or beta == 0:
-            lb, _ = self.bounded.compute_bounds(C=spec, method="IBP", bound_upper=False)
-        elif beta is None or beta == 1:
-            lb, _ = self.bounded.compute_bounds(C=spec, method="CROWN-IBP", bound_upper=False)
+        spec = margin_spec(self._checked_labels(y, self.num_classes), self.num_classes)
+        if clean != "grad" and method in ("IBP", "CROWN-IBP") and self.clean_pass_detachable:
+            if clean == "none":  # no forward pass: compute_bounds(x=...) sets the input itself
+                return CertifiedBatch(None, self._margin_bounds(method, beta, spec, inputs=(bounded_x,)))
+            with torch.no_grad():
+                logits = self.bounded(bounded_x)
         else:
-            ibp_lb, _ = self.bounded.compute_bounds(C=spec, method="IBP", bound_upper=False)
-            # IBP=False reuses the intermediate IBP bounds just computed: this is CROWN-IBP's last layer.
-            crown_ibp_lb, _ = self.bounded.compute_bounds(C=spec, IBP=False, method="backward", bound_upper=False)
-            lb = beta * crown_ibp_lb + (1.0 - beta) * ibp_lb
-        return CertifiedBatch(logits, lb)
+            # Forward on the BoundedTensor first, then compute_bounds without x=, so that
+            # train-mode BatchNorm bounds use this batch's statistics.
+            logits = self.bounded(bounded_x)
+        if method == "alpha-CROWN":
+            return CertifiedBatch(logits, self._alpha_crown(bounded_x, spec))
+        return CertifiedBatch(logits, self._margin_bounds(method, beta, spec))
+
+    def _margin_bounds(self, method: str, beta: Optional[float], spec: torch.Tensor, inputs=None) -> torch.Tensor:
+        """Margin lower bounds by IBP, CROWN-IBP (mixed by ``beta``) or CROWN; ``inputs``: the bounded input when
+        no forward pass set it."""
+        if method == "CROWN":
+            return self.bounded.compute_bounds(x=inputs, C=spec, method="CROWN", bound_upper=False)[0]
+        if method == "IBP" or beta == 0:
+            return self.bounded.compute_bounds(x=inputs, C=spec, method="IBP", bound_upper=False)[0]
+        if beta is None or beta == 1:
+            return self.bounded.compute_bounds(x=inputs, C=spec, method="CROWN-IBP", bound_upper=False)[0]
+        ibp_lb, _ = self.bounded.compute_bounds(x=inputs, C=spec, method="IBP", bound_upper=False)
+        # IBP=False reuses the intermediate IBP bounds just computed: this is CROWN-IBP's last layer.
+        crown_ibp_lb, _ = self.bounded.compute_bounds(C=spec, IBP=False, method="backward", bound_upper=False)
+        return beta * crown_ibp_lb + (1.0 - beta) * ibp_lb
 
     def certify_fused(self, x: torch.Tensor, y: torch.Tensor, eps: Eps, method: str = "IBP",
                       beta: Optional[float] = None) -> FusedBatch:
@@ -213,8 +230,16 @@ class BoundedClassifier(nn.Module):
         return self.certify(x, y, eps, method=method, beta=beta).margin_lb
 
     @property
+    def clean_pass_detachable(self) -> bool:
+        """Whether the clean pass may run without autograd, bounds and gradients unchanged (probed once)."""
+        if self._clean_pass_detachable is None:
+            self._clean_pass_detachable = clean_pass_detachable(self, self.example_shape)
+        return self._clean_pass_detachable
+
+    @property
     def num_classes(self) -> int:
-        return int(fused_logits_node(self.fused).output_shape[-1]) if self.fused is not None else None
+        """The model's number of outputs, from the traced graph."""
+        return int(self.bounded.final_node().output_shape[-1])
 
     def _checked_labels(self, y: torch.Tensor, num_classes: int) -> torch.Tensor:
         """``y``, or a ValueError for labels outside ``[0, num_classes)`` (deferred and clamped without sync)."""

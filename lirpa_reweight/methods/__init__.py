@@ -4,7 +4,9 @@ the ``(B, C-1)`` margins the loss trains on (MTL-IBP also its per-example losses
 ``method = build_method("SABR", lambda_start=0.4, attack={"steps": 8})`` then
 ``logits, margin_lb, robust_losses = method(classifier, x, y, eps, progress)`` with ``progress`` in [0, 1]
 (``eps_base / eps_train``; under data parallelism also ``batch_slice``, this rank's rows of the global batch, so
-that an attack's random starts are the ones one process would draw), and
+that an attack's random starts are the ones one process would draw; and ``clean``, what the clean logits are for,
+as ``BoundedClassifier.certify`` takes it: at kappa 0 only a metric or nothing, so that their pass may run without
+autograd or not at all and ``logits`` may be None), and
 ``loss = WeightedRobustLoss(...)(margin_lb, logits, y, kappa, robust_losses=...)``. With ``loss_fusion=True``
 (IBP, CROWN-IBP) ``margin_lb`` is None and ``robust_losses`` are the fused CE bounds ``u``:
 ``WeightedRobustLoss(...).compute_from_losses(u, fused_margin(u), logits, y, kappa)`` (docs/loss-fusion.md).

@@ -16,7 +16,8 @@ from ..errors import ArgumentError
 class MethodOutput(NamedTuple):
     """One training step's view of a batch under a method."""
 
-    logits: torch.Tensor  # (B, C) clean logits (the kappa-weighted clean loss and the error meter use them)
+    logits: Optional[torch.Tensor]  # (B, C) clean logits (the kappa-weighted clean loss and the error meter use
+    # them); None when the step asked for none (clean="none", kappa 0) and the graph could skip their pass
     margin_lb: Optional[torch.Tensor]  # (B, C-1) margins the loss trains on; eq. 6 weights and auto eps read them.
     # None under loss fusion: then robust_losses are the bounds u_i of the robust CE, and the hooks read
     # fused_margin(u_i) (core/margins.py).

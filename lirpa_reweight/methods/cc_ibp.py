@@ -21,8 +21,9 @@ from .mix import AdversarialMix
 class CCIBP(AdversarialMix):
     name = "CC-IBP"
 
-    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None) -> MethodOutput:
+    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None,
+                 clean: str = "grad") -> MethodOutput:
         a = self.alpha(progress)
-        adv_logits, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps, batch_slice)
+        adv_logits, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps, batch_slice, clean)
         adv_margins = logit_margins(adv_logits, y.to(logits.device))
         return MethodOutput(logits, (1.0 - a) * adv_margins + a * ibp_lb)

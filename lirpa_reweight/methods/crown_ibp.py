@@ -23,11 +23,13 @@ class CROWNIBP:
     def beta(self, progress: float) -> float:
         return interpolate(self.beta_start, self.beta_end, progress)
 
-    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None) -> MethodOutput:
+    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None,
+                 clean: str = "grad") -> MethodOutput:
         if self.loss_fusion:
             logits, robust_losses = classifier.certify_fused(x, y, eps, method="CROWN-IBP", beta=self.beta(progress))
             return MethodOutput(logits, None, robust_losses)
-        logits, lb = classifier.certify(x, y, eps, method="CROWN-IBP", beta=self.beta(progress))
+        logits, lb = classifier.certify(x, y, eps, method="CROWN-IBP", beta=self.beta(progress),
+                                        clean=clean)
         return MethodOutput(logits, lb)
 
     def coefficients(self, progress: float) -> dict:

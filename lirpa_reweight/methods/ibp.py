@@ -16,11 +16,12 @@ class IBP:
     def __init__(self, loss_fusion: bool = False):
         self.loss_fusion = check_flag("loss_fusion", loss_fusion)
 
-    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None) -> MethodOutput:
+    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None,
+                 clean: str = "grad") -> MethodOutput:
         if self.loss_fusion:
             logits, robust_losses = classifier.certify_fused(x, y, eps, method="IBP")
             return MethodOutput(logits, None, robust_losses)
-        logits, lb = classifier.certify(x, y, eps, method="IBP")
+        logits, lb = classifier.certify(x, y, eps, method="IBP", clean=clean)
         return MethodOutput(logits, lb)
 
     def coefficients(self, progress: float) -> dict:

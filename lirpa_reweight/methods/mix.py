@@ -19,7 +19,7 @@ class AdversarialMix:
     def alpha(self, progress: float) -> float:
         return interpolate(self.alpha_start, self.alpha_end, progress)
 
-    def adversarial_and_ibp(self, classifier, x, y, eps, batch_slice=None):
+    def adversarial_and_ibp(self, classifier, x, y, eps, batch_slice=None, clean: str = "grad"):
         """The logits at the attack point, then the clean logits and IBP margin bounds over the eps_i balls.
 
         The bound pass comes last, so that the bounded module still holds its intermediate bounds afterwards
@@ -27,7 +27,7 @@ class AdversarialMix:
         """
         x_adv = adversarial_point(classifier, x, y, eps, self.attack, batch_slice)
         adv_logits = classifier(x_adv)
-        logits, ibp_lb = classifier.certify(x, y, eps, method="IBP")
+        logits, ibp_lb = classifier.certify(x, y, eps, method="IBP", clean=clean)
         return adv_logits, logits, ibp_lb
 
     def coefficients(self, progress: float) -> dict:

@@ -24,8 +24,9 @@ from .mix import AdversarialMix
 class MTLIBP(AdversarialMix):
     name = "MTL-IBP"
 
-    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None) -> MethodOutput:
+    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None,
+                 clean: str = "grad") -> MethodOutput:
         a = self.alpha(progress)
-        adv_logits, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps, batch_slice)
+        adv_logits, logits, ibp_lb = self.adversarial_and_ibp(classifier, x, y, eps, batch_slice, clean)
         adv_losses = F.cross_entropy(adv_logits, y.to(logits.device), reduction="none")
         return MethodOutput(logits, ibp_lb, (1.0 - a) * adv_losses + a * robust_cross_entropy(ibp_lb))

@@ -48,11 +48,12 @@ class SABR:
             raise ArgumentError("attack.eps_scale", self.attack.eps_scale,
                                 "1 for SABR (its small box lives inside each example's eps_i ball)")
 
-    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None) -> MethodOutput:
+    def __call__(self, classifier, x, y, eps, progress: float = 1.0, batch_slice=None,
+                 clean: str = "grad") -> MethodOutput:
         ratio = interpolate(self.lambda_start, self.lambda_end, progress)
         x_adv = adversarial_point(classifier, x, y, eps, self.attack, batch_slice)
         box = small_box(x_adv, *classifier.input_box(x, eps), ratio)
-        logits, lb = classifier.certify(x, y, eps, method="IBP", box=box)
+        logits, lb = classifier.certify(x, y, eps, method="IBP", box=box, clean=clean)
         return MethodOutput(logits, lb)
 
     def coefficients(self, progress: float) -> dict:

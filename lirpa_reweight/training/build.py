@@ -125,6 +125,7 @@ class TrainerSpec:
     progress: bool
     deterministic: bool
     grad_clip: Optional[float]
+    clean_metric_every: int
     divergence_factor: Optional[float]
     kappa_start: float
     kappa_end: float
@@ -197,8 +198,8 @@ def read_config(cfg) -> RunSpec:
         loader=LoaderSpec(trainer["batch_size"], evaluation["batch_size"], trainer["workers"], trainer["pin_memory"]),
         trainer=TrainerSpec(trainer["epochs"], trainer["checkpoint_every"], trainer["stop_after_epochs"],
                             trainer["val_examples"], trainer["progress"], trainer["deterministic"],
-                            trainer["grad_clip"], trainer["divergence_factor"], schedule["kappa_start"],
-                            schedule["kappa_end"], schedule["eps_train"]),
+                            trainer["grad_clip"], trainer["clean_metric_every"], trainer["divergence_factor"],
+                            schedule["kappa_start"], schedule["kappa_end"], schedule["eps_train"]),
         evaluation=EvaluationSpec(schedule["eps_eval"], tuple(evaluation["methods"]), evaluation["pgd_steps"],
                                   evaluation["crown_max_relu_units"], evaluation["alpha_crown_iterations"],
                                   attack, abcrown, evaluation["num_examples"], evaluation["examples_log"]),
@@ -290,7 +291,7 @@ def build_trainer(spec: RunSpec, run: Run, group=None) -> Trainer:
     return Trainer(state.classifier, run.method, state.criterion, state.autoeps, state.optimizer,
                    eps_train=spec.trainer.eps_train, kappa=(spec.trainer.kappa_start, spec.trainer.kappa_end),
                    regularizer=run.regularizer, grad_clip=spec.trainer.grad_clip, monitor=state.monitor,
-                   process_group=group)
+                   process_group=group, clean_metric_every=spec.trainer.clean_metric_every)
 
 
 def _subset(dataset, num_examples: Optional[int]):

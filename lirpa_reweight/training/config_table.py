@@ -193,6 +193,7 @@ def train_checks() -> dict[str, Check]:
         "trainer.progress": boolean(),
         "trainer.deterministic": boolean(),
         "trainer.grad_clip": optional(number(above=0.0), "no gradient clipping"),
+        "trainer.clean_metric_every": integer(1),
         # final evaluation
         "eval.crown_max_relu_units": integer(0),
         "eval.batch_size": integer(1),

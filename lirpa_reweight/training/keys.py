@@ -14,9 +14,10 @@ RUN_ONLY_KEYS = (
     "trainer.workers", "trainer.pin_memory", "trainer.progress", "trainer.stop_after_epochs",
     "trainer.checkpoint_every", "trainer.divergence_factor",
 )
-#: What a resume may change beyond :data:`RUN_ONLY_KEYS`: more epochs (not fewer than the checkpoint's), and the
-#: final evaluation (``eval.*``), which reads the trained weights but does not change them.
-RESUME_MAY_ALSO_CHANGE = ("trainer.epochs", "eval.")
+#: What a resume may change beyond :data:`RUN_ONLY_KEYS`: more epochs (not fewer than the checkpoint's), the
+#: final evaluation (``eval.*``), which reads the trained weights but does not change them, and how many batches
+#: the logged clean metrics sample at kappa 0 (``trainer.clean_metric_every``: the same training).
+RESUME_MAY_ALSO_CHANGE = ("trainer.epochs", "eval.", "trainer.clean_metric_every")
 #: Command-line selectors that name a recipe rather than change a value (their keys are in the run's config).
 HYDRA_SELECTORS = ("+experiment", "experiment", "+sweep", "sweep", "hydra.launcher")
 #: final.json entries a sweeper may minimise (the ``objectives`` key).

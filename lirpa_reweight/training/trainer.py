@@ -20,32 +20,37 @@ def ramp_progress(eps_base: float, eps_train: float) -> float:
 
 
 class EpochMeter:
-    """Sums kept as tensors on the training device; read (one sync) once per epoch, summed over ranks."""
+    """Sums kept as tensors on the training device; read (one sync) once per epoch, summed over ranks.
+
+    The clean loss and error are means over the batches that brought clean logits (at kappa 0 the trainer
+    measures them on every ``clean_metric_every``-th batch only), the other metrics over every example.
+    """
 
     def __init__(self, device, group=None):
-        self.sums = torch.zeros(6, device=device)  # loss, clean loss, robust loss, clean err, verified, weight
-        self.count = 0
+        self.sums = torch.zeros(6, device=device)  # loss, robust loss, verified, weight | clean loss, clean err
+        self.count = 0  # examples
+        self.clean_count = 0  # examples that brought clean logits
         self.group = group
 
     def add(self, loss, clean_loss, robust_loss, logits, certified, y, weights, loss_weight=None):
-        """``certified``: ``(B,)`` bool, the examples the training bound certifies. ``loss_weight``: what ``loss`` counts for in the epoch's mean; the batch size for one process. Under
-        DDP each rank's loss is its scaled share (the ranks' mean is the global batch's loss), so it is
-        global batch size / world size there."""
+        """``certified``: ``(B,)`` bool, the examples the training bound certifies. ``logits`` and ``clean_loss``
+        None: this batch brought no clean logits. ``loss_weight``: what ``loss`` counts for in the epoch's mean;
+        the batch size for one process. Under DDP each rank's loss is its scaled share (the ranks' mean is the
+        global batch's loss), so it is global batch size / world size there."""
         batch = len(y)
-        self.sums += torch.stack([
-            loss.detach() * (batch if loss_weight is None else loss_weight), clean_loss.detach() * batch,
-            robust_loss.detach() * batch, (logits.detach().argmax(1) != y).sum(), certified.sum(),
-            weights.sum(),
-        ]).to(self.sums.dtype)
+        sums = [loss.detach() * (batch if loss_weight is None else loss_weight), robust_loss.detach() * batch,
+                certified.sum(), weights.sum()]
+        if logits is not None:
+            sums += [clean_loss.detach() * batch, (logits.detach().argmax(1) != y).sum()]
+            self.clean_count += batch
+        self.sums[:len(sums)] += torch.stack(sums).to(self.sums.dtype)
         self.count += batch
 
     def read(self) -> dict:
-        if self.group is None:
-            sums, count = self.sums, max(self.count, 1)
-        else:
-            totals = distributed.all_reduce_sum(torch.cat([self.sums, self.sums.new_tensor([self.count])]), self.group)
-            sums, count = totals[:6], totals[6].clamp(min=1)
-        loss, clean, robust, clean_err, verified, weight = (sums / count).tolist()
+        totals = torch.cat([self.sums, self.sums.new_tensor([self.count, self.clean_count])])
+        totals = distributed.all_reduce_sum(totals, self.group)
+        loss, robust, verified, weight = (totals[:4] / totals[6].clamp(min=1)).tolist()
+        clean, clean_err = (totals[4:6] / totals[7].clamp(min=1)).tolist()
         return dict(loss=loss, clean_loss=clean, robust_loss=robust, clean_error=clean_err,
                     verified_error=1 - verified, mean_weight=weight)
 
@@ -65,17 +70,24 @@ class Trainer:
         grad_clip: max gradient norm before each step (None: no clipping).
         monitor: a :class:`~lirpa_reweight.training.divergence.DivergenceMonitor` fed every step's loss.
         process_group: the ranks' group under data parallelism (None for one process).
+        clean_metric_every: at kappa 0 the clean logits feed only the clean loss and error of the epoch's
+            metrics: they are computed (without autograd) on every this-many-th batch of an epoch and skipped on
+            the others where the graph allows (``BoundedClassifier.certify``'s ``clean``); 1: every batch.
     """
 
     def __init__(self, classifier, method, criterion, autoeps, optimizer, *, eps_train: float,
                  kappa: Sequence[float] = (1.0, 0.5), regularizer=None, grad_clip: Optional[float] = None,
-                 monitor=None, process_group=None):
+                 monitor=None, process_group=None, clean_metric_every: int = 1):
         self.classifier, self.method, self.criterion, self.autoeps = classifier, method, criterion, autoeps
         self.optimizer, self.eps_train, self.kappa = optimizer, eps_train, tuple(kappa)
         self.regularizer, self.grad_clip, self.monitor, self.group = regularizer, grad_clip, monitor, process_group
+        self.clean_metric_every = int(clean_metric_every)
 
-    def step(self, x, y, index, meter: EpochMeter, batch_slice=None) -> float:
-        """One optimizer step on a batch; its sums go to ``meter`` (no host sync). Returns the ramp's progress."""
+    def step(self, x, y, index, meter: EpochMeter, batch_slice=None, measure_clean: bool = True) -> float:
+        """One optimizer step on a batch; its sums go to ``meter`` (no host sync). Returns the ramp's progress.
+
+        ``measure_clean``: whether the meter gets this batch's clean loss and error when the loss needs no clean
+        logits (kappa 0)."""
         classifier, autoeps = self.classifier, self.autoeps
         # index stays where the loader made it (CPU): AutoEpsScheduler checks it there without a GPU sync.
         x, y = x.to(classifier.device, non_blocking=True), y.to(classifier.device, non_blocking=True)
@@ -84,8 +96,10 @@ class Trainer:
         progress = ramp_progress(eps_base, self.eps_train)
         kappa = interpolate(*self.kappa, progress)
         eps = autoeps.eps(index)
-        # The method's margins go to both hooks unchanged (see lirpa_reweight/methods/).
-        logits, lb, robust_losses = self.method(classifier, x, y, eps, progress, batch_slice)
+        # The method's margins go to both hooks unchanged (see lirpa_reweight/methods/). At kappa 0 the clean
+        # logits feed only the meter, so their pass may skip autograd or not run (core/clean_pass.py).
+        clean = "grad" if kappa > 0 else "no_grad" if measure_clean else "none"
+        logits, lb, robust_losses = self.method(classifier, x, y, eps, progress, batch_slice, clean=clean)
         if lb is None:  # loss fusion: per-example robust CE bounds and their margin (core/margins.fused_margin)
             weighted = self.criterion.compute_from_losses(robust_losses, fused_margin(robust_losses.detach()),
                                                           logits, y, kappa=kappa)
@@ -106,7 +120,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(classifier.parameters(), self.grad_clip)
         self.optimizer.step()
         with torch.no_grad():
-            clean_loss = torch.nn.functional.cross_entropy(logits, y)
+            clean_loss = None if logits is None else torch.nn.functional.cross_entropy(logits, y)
         # Under DDP each rank's loss is its share of the global batch's (see EpochMeter.add).
         loss_weight = None if self.group is None else weighted.examples / distributed.world_size(self.group)
         # The unweighted robust CE is logged: it stays comparable across gamma.
@@ -125,7 +139,7 @@ class Trainer:
                                                           leave=False)):
             # Under DDP the loader's GlobalBatchSampler knows where this rank's rows sit in the global batch.
             batch_slice = loader.batch_sampler.slice_of(batch_number) if self.group is not None else None
-            progress = self.step(x, y, index, meter, batch_slice)
+            progress = self.step(x, y, index, meter, batch_slice, batch_number % self.clean_metric_every == 0)
         stats = meter.read()
         # The deferred input checks of the step (no host sync there), read at the epoch's logging point.
         for hook in (self.classifier, self.criterion, self.autoeps):

@@ -31,10 +31,13 @@ def steps_watched(loader, counter, ours, theirs):
         ours.append(sum(n for (_, site), n in new.items() if not in_auto_lirpa(site)))
 
 
-@pytest.mark.parametrize("method", ["IBP", "CROWN-IBP", "SABR", "CC-IBP", "MTL-IBP", "IBP fused", "CROWN-IBP fused"])
+@pytest.mark.parametrize("method", ["IBP", "CROWN-IBP", "SABR", "CC-IBP", "MTL-IBP", "IBP fused", "CROWN-IBP fused",
+                                    "IBP kappa0"])
 def test_training_steps_do_not_synchronise(method, compose):
-    name, _, fused = method.partition(" ")
-    run, trainer = built(compose, f"bound={name.lower().replace('-', '_')}", *(["bound.loss_fusion=true"] if fused else []))
+    name, _, variant = method.partition(" ")
+    fused = variant == "fused"
+    extra = {"fused": ["bound.loss_fusion=true"], "kappa0": ["schedule.kappa_start=0", "schedule.kappa_end=0"]}
+    run, trainer = built(compose, f"bound={name.lower().replace('-', '_')}", *extra.get(variant, []))
     trainer.train_epoch(run.epoch_loader(1), 1)
     ours, theirs = [], []
     with count_host_syncs(optimizer_step_counters(run.state.optimizer)) as counter:

@@ -57,7 +57,8 @@ def test_every_variant_is_timed_and_the_ratios_are_printed(benchmark, tmp_path):
             {name: 0 for name in rows if "fused" not in name}
     assert set(result["overheads_percent"]) == {"hooks IBP", "hooks CROWN-IBP", "wrapper IBP", "wrapper CROWN-IBP",
                                                 "warm-up regularisers IBP", "hooks CROWN-IBP fused",
-                                                "fusion CROWN-IBP"}
+                                                "fusion CROWN-IBP", "clean pass skipped",
+                                                "kappa 0 vs bare auto_LiRPA"}
     assert "IBP + warm-up regularisers" in rows
 
     # The Markdown table: a header, an alignment row and one row per variant, in order.
@@ -65,7 +66,7 @@ def test_every_variant_is_timed_and_the_ratios_are_printed(benchmark, tmp_path):
     assert len(table) == 2 + len(benchmark.VARIANTS)
     assert [line.split("|")[1].strip() for line in table[2:]] == list(benchmark.VARIANTS)
     for line in ("hooks overhead", "warm-up regularisers overhead", "wrapper overhead", "IBP step / plain step",
-                 "loss fusion (CROWN-IBP fused vs CROWN-IBP",
+                 "loss fusion (CROWN-IBP fused vs CROWN-IBP", "kappa 0 (the clean logits feed only",
                  "peak step memory:", "host syncs:"):
         assert line in printed
 

@@ -98,6 +98,7 @@ BAD_TRAIN_VALUES = {
     "trainer.val_examples": [0, -5],
     "trainer.progress": ["false"],
     "trainer.grad_clip": [0, -10, "ten"],
+    "trainer.clean_metric_every": [0, 2.5, "ten"],
     "trainer.divergence_factor": [1, 0.5, "big"],
     "trainer.deterministic": [2],
     "eval.methods": [[], ["IBP", "IBP"], ["PGD"], "IBP"],
