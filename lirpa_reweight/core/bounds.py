@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from contextlib import nullcontext
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
@@ -168,19 +169,24 @@ class BoundedClassifier(nn.Module):
         if clean not in CLEAN_PASSES:
             raise ArgumentError("clean", clean, " or ".join(map(repr, CLEAN_PASSES)))
         bounded_x, y = self._bounded_input(x, y, eps, box)
-        spec = margin_spec(self._checked_labels(y, self.num_classes), self.num_classes)
-        if clean != "grad" and method in ("IBP", "CROWN-IBP") and self.clean_pass_detachable:
-            if clean == "none":  # no forward pass: compute_bounds(x=...) sets the input itself
-                return CertifiedBatch(None, self._margin_bounds(method, beta, spec, inputs=(bounded_x,)))
-            with torch.no_grad():
-                logits = self.bounded(bounded_x)
-        else:
-            # Forward on the BoundedTensor first, then compute_bounds without x=, so that
-            # train-mode BatchNorm bounds use this batch's statistics.
-            logits = self.bounded(bounded_x)
+        num_classes = self.num_classes
+        spec = margin_spec(self._checked_labels(y, num_classes), num_classes)
+        if clean != "grad" and not (method in ("IBP", "CROWN-IBP") and self.clean_pass_detachable):
+            clean = "grad"  # the bounds read the clean pass: it runs whole, recorded
+        logits, inputs = self._clean_pass(bounded_x, clean)
         if method == "alpha-CROWN":
             return CertifiedBatch(logits, self._alpha_crown(bounded_x, spec))
-        return CertifiedBatch(logits, self._margin_bounds(method, beta, spec))
+        return CertifiedBatch(logits, self._margin_bounds(method, beta, spec, inputs))
+
+    def _clean_pass(self, bounded_x: BoundedTensor, clean: str) -> tuple[Optional[torch.Tensor], Optional[tuple]]:
+        """The clean pass as ``clean`` asks, whether or not that is sound here: its logits (None when it does not
+        run), and the ``x=`` that ``compute_bounds`` then needs (None when the pass set the input)."""
+        if clean == "none":  # no forward pass: compute_bounds(x=...) sets the input itself
+            return None, (bounded_x,)
+        # Otherwise forward on the BoundedTensor first, then compute_bounds without x=, so that train-mode
+        # BatchNorm bounds use this batch's statistics.
+        with torch.no_grad() if clean == "no_grad" else nullcontext():
+            return self.bounded(bounded_x), None
 
     def _margin_bounds(self, method: str, beta: Optional[float], spec: torch.Tensor, inputs=None) -> torch.Tensor:
         """Margin lower bounds by IBP, CROWN-IBP (mixed by ``beta``) or CROWN; ``inputs``: the bounded input when

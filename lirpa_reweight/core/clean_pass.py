@@ -12,8 +12,6 @@ three ways and asks for the same numbers, bit for bit.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from torch import nn
 
@@ -56,19 +54,13 @@ def _bounds_and_gradients(classifier, x, y, params, clean: str) -> list:
     """IBP and CROWN-IBP margin bounds of ``(x, y)`` and the gradients of their sum, the clean pass run as
     ``certify`` runs it for ``clean``."""
     results = []
-    num_classes = classifier.num_classes
+    spec = margin_spec(y, classifier.num_classes)
     for method in ("IBP", "CROWN-IBP"):
-        bounded_x, labels = classifier._bounded_input(x, y, _PROBE_EPS)
-        inputs = None
-        if clean == "none":
-            inputs = (bounded_x,)
-            with torch.no_grad():  # leave the forward values of another batch behind: stale reads must show
+        if clean == "none":  # leave the forward values of another batch behind: stale reads must show
+            with torch.no_grad():
                 classifier.bounded(classifier._bounded_input(1 - x, y, _PROBE_EPS)[0])
-        else:
-            with torch.no_grad() if clean == "no_grad" else nullcontext():
-                classifier.bounded(bounded_x)
-        spec = margin_spec(labels, num_classes)
-        lb, _ = classifier.bounded.compute_bounds(x=inputs, C=spec, method=method, bound_upper=False)
+        _, inputs = classifier._clean_pass(classifier._bounded_input(x, y, _PROBE_EPS)[0], clean)
+        lb = classifier._margin_bounds(method, None, spec, inputs)
         results += [lb.detach(), *_gradients(lb.sum(), params)]
     return results
 

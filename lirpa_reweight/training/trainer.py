@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from ..core.margins import fused_margin
+from ..errors import ArgumentError
 from ..methods.base import interpolate
 from . import distributed
 
@@ -81,7 +82,9 @@ class Trainer:
         self.classifier, self.method, self.criterion, self.autoeps = classifier, method, criterion, autoeps
         self.optimizer, self.eps_train, self.kappa = optimizer, eps_train, tuple(kappa)
         self.regularizer, self.grad_clip, self.monitor, self.group = regularizer, grad_clip, monitor, process_group
-        self.clean_metric_every = int(clean_metric_every)
+        if isinstance(clean_metric_every, bool) or not isinstance(clean_metric_every, int) or clean_metric_every < 1:
+            raise ArgumentError("clean_metric_every", clean_metric_every, "an integer >= 1")
+        self.clean_metric_every = clean_metric_every
 
     def step(self, x, y, index, meter: EpochMeter, batch_slice=None, measure_clean: bool = True) -> float:
         """One optimizer step on a batch; its sums go to ``meter`` (no host sync). Returns the ramp's progress.

@@ -179,3 +179,11 @@ def test_skipping_the_clean_pass_changes_only_the_clean_metrics_sample(bound, co
         assert {k: v for k, v in epoch.items() if not k.startswith("clean_")} == \
                {k: v for k, v in epoch_every_3.items() if not k.startswith("clean_")}
         assert 0.0 <= epoch_every_3["clean_error"] <= 1.0 and epoch_every_3["clean_loss"] > 0
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_the_trainer_refuses_a_bad_clean_metric_interval_naming_it(bad):
+    from lirpa_reweight.training.trainer import Trainer
+
+    with pytest.raises(ValueError, match=rf"clean_metric_every.*{bad}.*an integer >= 1"):
+        Trainer(None, None, None, None, None, eps_train=0.1, clean_metric_every=bad)
